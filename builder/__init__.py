@@ -1,0 +1,1 @@
+"""Dockerfile front end, build plan, sandbox and step executors."""

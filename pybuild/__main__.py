@@ -1,0 +1,4 @@
+import sys
+from pybuild.cli import main
+
+sys.exit(main())

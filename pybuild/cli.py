@@ -1,0 +1,306 @@
+"""The ``pybuild`` command line: each command parses its arguments, makes one library call, prints.
+
+Errors from the library (``PybuildError``) are printed as ``error: …`` plus ``hint: …`` with the
+error's exit code; a Python traceback appears only with ``--debug``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pybuild.errors import PybuildError
+
+__all__ = ["main", "cli"]
+
+
+class Ctx:
+    """Per-invocation state: the store root (the store itself is opened lazily)."""
+
+    def __init__(self, root: str | None, debug: bool) -> None:
+        self.root_arg = root
+        self.debug = debug
+
+    def store(self) -> "Any":
+        from pybuild.store.store import Store, default_root
+        return Store(Path(self.root_arg) if self.root_arg else default_root())
+
+
+pass_ctx = click.make_pass_decorator(Ctx)
+
+
+def _human_size(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.3g}{unit}"
+        n /= 1000
+    return f"{n}"
+
+
+def _human_age(created: str) -> str:
+    from datetime import datetime
+    try:
+        t = datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return "N/A"
+    d = time.time() - t
+    for secs, unit in ((365 * 86400, "year"), (30 * 86400, "month"), (7 * 86400, "week"),
+                       (86400, "day"), (3600, "hour"), (60, "minute")):
+        if d >= secs:
+            n = int(d // secs)
+            return f"{n} {unit}{'s' if n > 1 else ''} ago"
+    return "Less than a minute ago"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--root", envvar=None, metavar="DIR",
+              help="Store root (default: $PYBUILD_ROOT, /var/lib/pybuild for root, else $XDG_DATA_HOME/pybuild).")
+@click.option("--debug", is_flag=True, help="Show Python tracebacks on errors.")
+@click.version_option(package_name="pybuild")
+@click.pass_context
+def cli(ctx: click.Context, root: str | None, debug: bool) -> None:
+    """pybuild: build OCI images from Dockerfiles, keep them in a content-addressed store,
+    push and pull them, without a daemon."""
+    ctx.obj = Ctx(root, debug)
+
+
+@cli.command("import")
+@click.argument("rootfs", type=click.Path(dir_okay=True, path_type=str))
+@click.argument("name")
+@click.option("--compression", type=click.Choice(["gzip", "zstd"]), default="gzip", show_default=True,
+              help="Layer compression.")
+@pass_ctx
+def import_cmd(c: Ctx, rootfs: str, name: str, compression: str) -> None:
+    """Import a root file system tarball as a one-layer image NAME[:TAG]."""
+    from pybuild.store.importer import import_rootfs
+    store = c.store()
+    tag, desc = import_rootfs(store, rootfs, name, compression)
+    img = store.load(desc)
+    click.echo(str(img.id))
+
+
+@cli.command("images")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("-q", "--quiet", is_flag=True, help="Only image ids.")
+@pass_ctx
+def images_cmd(c: Ctx, fmt: str, quiet: bool) -> None:
+    """List images in the store."""
+    store = c.store()
+    rows = []
+    if store.exists():
+        for e in store.entries():
+            img = store.load(e.descriptor)
+            repo, tag = "<none>", "<none>"
+            if e.name:
+                repo, _, tag = e.name.rpartition(":") if ":" in e.name.rsplit("/", 1)[-1] else (e.name, "", "<none>")
+            rows.append({"Repository": repo, "Tag": tag, "ID": str(img.id), "Digest": str(e.descriptor.digest),
+                         "Created": img.config.created, "Size": img.size})
+    if quiet:
+        for r in dict.fromkeys(r["ID"] for r in rows):
+            click.echo(r.split(":", 1)[1][:12])
+        return
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = [("REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE")]
+    for r in rows:
+        table.append((r["Repository"], r["Tag"], r["ID"].split(":", 1)[1][:12], _human_age(r["Created"]),
+                      _human_size(r["Size"])))
+    widths = [max(len(row[i]) for row in table) for i in range(5)]
+    for row in table:
+        click.echo("   ".join(v.ljust(widths[i]) for i, v in enumerate(row)).rstrip())
+
+
+@cli.command("inspect")
+@click.argument("images", nargs=-1, required=True)
+@pass_ctx
+def inspect_cmd(c: Ctx, images: tuple[str, ...]) -> None:
+    """Show images as JSON (docker-style fields plus the manifest)."""
+    store = c.store()
+    store.check_exists()
+    out = []
+    for name in images:
+        tags, desc = store.resolve(name)
+        img = store.load(desc)
+        cfg = json.loads(img.config_bytes)
+        out.append({
+            "Id": str(img.id), "RepoTags": tags, "Digest": str(img.descriptor.digest),
+            "MediaType": img.descriptor.media_type, "Created": img.config.created,
+            "Author": img.config.author, "Architecture": img.config.architecture,
+            "Variant": img.config.variant or None, "Os": img.config.os,
+            "Config": cfg.get("config") or {}, "Size": img.size,
+            "RootFS": {"Type": "layers", "Layers": [str(d) for d in img.config.diff_ids]},
+            "History": cfg.get("history") or [],
+            "Manifest": json.loads(img.manifest_bytes),
+        })
+    click.echo(json.dumps(out, indent=4))
+
+
+@cli.command("history")
+@click.argument("image")
+@click.option("--no-trunc", is_flag=True, help="Do not truncate output.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@pass_ctx
+def history_cmd(c: Ctx, image: str, no_trunc: bool, fmt: str) -> None:
+    """Show the history of an image, newest first."""
+    store = c.store()
+    store.check_exists()
+    _, desc = store.resolve(image)
+    img = store.load(desc)
+    layers = list(img.manifest.layers)
+    rows = []
+    for h in img.config.history:
+        size = 0
+        if not h.empty_layer and layers:
+            size = layers.pop(0).size
+        rows.append({"Created": h.created, "CreatedBy": h.created_by, "Size": size, "Comment": h.comment,
+                     "EmptyLayer": h.empty_layer})
+    rows.reverse()
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2))
+        return
+    top = img.id.hex[:12] if not no_trunc else str(img.id)
+    table = [("IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT")]
+    for i, r in enumerate(rows):
+        by = r["CreatedBy"] if no_trunc or len(r["CreatedBy"]) <= 45 else r["CreatedBy"][:44] + "…"
+        table.append((top if i == 0 else "<missing>", _human_age(r["Created"]), by, _human_size(r["Size"]),
+                      r["Comment"]))
+    widths = [max(len(row[i]) for row in table) for i in range(5)]
+    for row in table:
+        click.echo("   ".join(v.ljust(widths[i]) for i, v in enumerate(row)).rstrip())
+
+
+@cli.command("tag")
+@click.argument("source")
+@click.argument("target")
+@pass_ctx
+def tag_cmd(c: Ctx, source: str, target: str) -> None:
+    """Create a tag TARGET that refers to SOURCE."""
+    from pybuild.reference import parse_reference
+    parse_reference(target)  # validate before reading anything
+    store = c.store()
+    store.check_exists()
+    _, desc = store.resolve(source)
+    store.tag(target, desc)
+
+
+@cli.command("rmi")
+@click.argument("images", nargs=-1, required=True)
+@click.option("-f", "--force", is_flag=True, help="Remove every tag of an image given by id.")
+@pass_ctx
+def rmi_cmd(c: Ctx, images: tuple[str, ...], force: bool) -> None:
+    """Remove image tags; blobs no other tag uses are deleted."""
+    from pybuild.errors import UserError
+    from pybuild.reference import parse_reference
+    from pybuild.store.gc import collect
+    store = c.store()
+    store.check_exists()
+    for name in images:
+        tags, desc = store.resolve(name)
+        by_name = None
+        try:
+            by_name = parse_reference(name).familiar
+        except PybuildError:
+            pass
+        if by_name in tags:
+            for e in store.tags.remove({by_name}):
+                click.echo(f"Untagged: {e.name}")
+        else:
+            if len(tags) > 1 and not force:
+                raise UserError(f"image {name} is referenced by {len(tags)} tags: {', '.join(tags)}",
+                                hint="remove them by name, or use -f")
+            for e in store.tags.remove_digest(str(desc.digest)):
+                click.echo(f"Untagged: {e.name}" if e.name else f"Deleted: {e.descriptor.digest}")
+    report = collect(store)
+    for d in report.blobs:
+        click.echo(f"Deleted: {d}")
+
+
+@cli.command("prune")
+@click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
+@pass_ctx
+def prune_cmd(c: Ctx, dry_run: bool) -> None:
+    """Remove untagged images, and every blob and snapshot no tag uses."""
+    from pybuild.store.gc import collect
+    store = c.store()
+    if not store.exists():
+        click.echo("Total reclaimed space: 0B")
+        return
+    if not dry_run:
+        store.tags.update(lambda entries: [e for e in entries if e.name])
+    report = collect(store, dry_run=dry_run)
+    verb = "Would delete" if dry_run else "Deleted"
+    for d in report.blobs:
+        click.echo(f"{verb}: {d}")
+    for s in report.snapshots:
+        click.echo(f"{verb} snapshot: {s}")
+    click.echo(f"Total reclaimed space: {_human_size(report.bytes_freed)}")
+
+
+@cli.command("save")
+@click.argument("images", nargs=-1, required=True)
+@click.option("-o", "--output", required=True, metavar="FILE", help="Archive to write.")
+@click.option("--format", "fmt", type=click.Choice(["oci-archive", "docker-archive"]), default="oci-archive",
+              show_default=True)
+@pass_ctx
+def save_cmd(c: Ctx, images: tuple[str, ...], output: str, fmt: str) -> None:
+    """Save images to an archive."""
+    from pybuild.store.archive import save
+    store = c.store()
+    store.check_exists()
+    save(store, list(images), output, fmt)
+
+
+@cli.command("load")
+@click.option("-i", "--input", "input_", required=True, metavar="FILE", help="Archive to read.")
+@pass_ctx
+def load_cmd(c: Ctx, input_: str) -> None:
+    """Load images from an oci-archive or docker-archive."""
+    from pybuild.store.archive import load
+    store = c.store()
+    for r in load(store, input_):
+        click.echo(f"Loaded image: {r.name}" if r.name else f"Loaded image ID: {r.image_id}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: runs the CLI and turns PybuildError into a message and an exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    try:
+        cli.main(args=args, prog_name="pybuild", standalone_mode=False)
+        return 0
+    except PybuildError as e:
+        if debug:
+            raise
+        click.echo(f"error: {e.message}", err=True)
+        if e.hint:
+            click.echo(f"hint: {e.hint}", err=True)
+        return e.exit_code
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        return 130
+    except click.ClickException as e:
+        e.show()
+        return 2 if isinstance(e, click.UsageError) else e.exit_code
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        return 130
+    except BrokenPipeError:
+        return 141
+    except OSError as e:
+        if debug:
+            raise
+        where = f" {e.filename}" if getattr(e, "filename", None) else ""
+        click.echo(f"error:{where}: {e.strerror or e}", err=True)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

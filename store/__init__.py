@@ -1,0 +1,1 @@
+"""Content-addressed image store: an OCI image layout plus private folders."""

@@ -1,0 +1,590 @@
+"""Layer tars: a deterministic writer and a safe extractor, with OCI whiteout rules.
+
+Writer guarantees: entries sorted by path (parents first), numeric uid/gid with empty user and
+group names, mtimes clamped to ``clamp_mtime`` when given, PAX format, hardlinks always after
+their target, xattrs as ``SCHILY.xattr.*`` records. The same entries always give the same bytes.
+
+Extractor guarantees: nothing is ever created, changed or removed outside ``root``. Entry names
+with ``..`` are refused; every parent path is resolved inside the root with symlinks evaluated as
+if ``root`` were ``/`` (so a symlink to ``/etc`` in the layer leads to ``root/etc``); hardlink
+targets must lie inside the root. Whiteouts are applied (``mode="apply"``: delete the lower
+entry) or converted to overlayfs form (``mode="overlay"``: 0/0 character device, opaque xattr).
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import shutil
+import stat
+import tarfile
+import zlib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterable, Iterator, Literal, Mapping
+
+from pybuild.errors import InvalidArchive, UnsafeLayer
+from pybuild.oci import Descriptor, Digest, MediaType
+
+from .content import ContentStore
+
+__all__ = [
+    "Entry", "WHITEOUT_PREFIX", "OPAQUE_WHITEOUT", "entries_from_dir", "entries_from_tar",
+    "write_tar", "LayerResult", "write_layer", "open_decompressed", "extract_layer",
+    "secure_join", "normalize_name", "ExtractStats",
+]
+
+WHITEOUT_PREFIX = ".wh."
+OPAQUE_WHITEOUT = ".wh..wh..opq"
+_CHUNK = 1 << 20
+_OVERLAY_XATTRS = ("trusted.overlay.", "user.overlay.")
+
+EntryType = Literal["file", "dir", "symlink", "hardlink", "char", "block", "fifo"]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One layer entry. ``path`` is relative and ``/``-separated, without ``./`` or ``/`` prefix.
+
+    ``open`` (for files) returns a stream of exactly ``size`` bytes.
+    """
+
+    path: str
+    type: EntryType
+    mode: int = 0o644
+    uid: int = 0
+    gid: int = 0
+    mtime: int = 0
+    size: int = 0
+    linkname: str = ""
+    devmajor: int = 0
+    devminor: int = 0
+    xattrs: Mapping[str, bytes] = field(default_factory=dict, hash=False)
+    open: Callable[[], BinaryIO] | None = field(default=None, compare=False, hash=False)
+
+
+def normalize_name(name: str) -> str:
+    """Strip ``./`` and ``/`` prefixes and trailing slashes; collapse ``.`` and empty parts.
+
+    Raises UnsafeLayer when a component is ``..`` (the entry would leave the root).
+    """
+    parts = []
+    for p in name.split("/"):
+        if p in ("", "."):
+            continue
+        if p == "..":
+            raise UnsafeLayer(f"layer entry {name!r} escapes the root (contains '..')",
+                              hint="the layer is malicious or broken; it was not extracted")
+        parts.append(p)
+    return "/".join(parts)
+
+
+def _sort_key(path: str) -> tuple[str, ...]:
+    return tuple(path.split("/"))
+
+
+def _link_groups_fixed(entries: list[Entry]) -> list[Entry]:
+    """Reorder hardlink groups so that the first member in sorted order carries the content."""
+    by_path = {e.path: e for e in entries}
+    groups: dict[str, list[str]] = {}
+    for e in entries:
+        if e.type == "hardlink":
+            target = e.linkname
+            seen = set()
+            while target in by_path and by_path[target].type == "hardlink" and target not in seen:
+                seen.add(target)
+                target = by_path[target].linkname
+            if target not in by_path:
+                raise InvalidArchive(f"hardlink {e.path!r} points at {e.linkname!r}, which is not in the layer")
+            groups.setdefault(target, []).append(e.path)
+    if not groups:
+        return entries
+    for target, links in groups.items():
+        members = sorted([target] + links, key=_sort_key)
+        first = members[0]
+        if first == target:
+            for link in links:
+                by_path[link] = replace(by_path[link], linkname=target)
+            continue
+        body = by_path[target]
+        by_path[first] = replace(body, path=first)
+        for m in members[1:]:
+            by_path[m] = Entry(path=m, type="hardlink", mode=body.mode, uid=body.uid, gid=body.gid,
+                               mtime=body.mtime, linkname=first)
+    return sorted(by_path.values(), key=lambda e: _sort_key(e.path))
+
+
+def _xattrs_of(path: str) -> dict[str, bytes]:
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        return {}
+    out = {}
+    for n in names:
+        if n.startswith(_OVERLAY_XATTRS):
+            continue
+        try:
+            out[n] = os.getxattr(path, n, follow_symlinks=False)
+        except OSError:
+            continue
+    return out
+
+
+def _opener(path: str) -> Callable[[], BinaryIO]:
+    return lambda: open(path, "rb")
+
+
+def entries_from_dir(root: str | os.PathLike[str], prefix: str = "") -> list[Entry]:
+    """Describe every file below ``root`` (not ``root`` itself) as sorted entries.
+
+    Files sharing an inode become hardlinks to the first path in sorted order. ``prefix`` is
+    prepended to each path.
+    """
+    out: list[Entry] = []
+    seen_inodes: dict[tuple[int, int], str] = {}
+    base = os.fspath(root)
+
+    def walk(dirpath: str, rel: str) -> None:
+        with os.scandir(dirpath) as it:
+            names = sorted(it, key=lambda d: d.name)
+        for d in names:
+            r = f"{rel}/{d.name}" if rel else d.name
+            st = d.stat(follow_symlinks=False)
+            out.append(_entry_from_stat(d.path, (prefix + "/" + r) if prefix else r, st, seen_inodes))
+            if stat.S_ISDIR(st.st_mode):
+                walk(d.path, r)
+
+    walk(base, "")
+    return sorted(out, key=lambda e: _sort_key(e.path))
+
+
+def _entry_from_stat(full: str, rel: str, st: os.stat_result,
+                     seen_inodes: dict[tuple[int, int], str]) -> Entry:
+    mode = stat.S_IMODE(st.st_mode)
+    common = dict(path=rel, mode=mode, uid=st.st_uid, gid=st.st_gid, mtime=int(st.st_mtime),
+                  xattrs=_xattrs_of(full))
+    fmt = stat.S_IFMT(st.st_mode)
+    if fmt == stat.S_IFDIR:
+        return Entry(type="dir", **common)  # type: ignore[arg-type]
+    if fmt == stat.S_IFLNK:
+        return Entry(type="symlink", linkname=os.readlink(full), **common)  # type: ignore[arg-type]
+    if fmt == stat.S_IFREG:
+        key = (st.st_dev, st.st_ino)
+        if st.st_nlink > 1:
+            if key in seen_inodes:
+                return Entry(type="hardlink", linkname=seen_inodes[key], **common)  # type: ignore[arg-type]
+            seen_inodes[key] = rel
+        return Entry(type="file", size=st.st_size, open=_opener(full), **common)  # type: ignore[arg-type]
+    if fmt in (stat.S_IFCHR, stat.S_IFBLK):
+        return Entry(type="char" if fmt == stat.S_IFCHR else "block", devmajor=os.major(st.st_rdev),
+                     devminor=os.minor(st.st_rdev), **common)  # type: ignore[arg-type]
+    if fmt == stat.S_IFIFO:
+        return Entry(type="fifo", **common)  # type: ignore[arg-type]
+    raise InvalidArchive(f"{full}: unsupported file type (socket?)")
+
+
+_TAR_TYPES: dict[bytes, EntryType] = {
+    tarfile.REGTYPE: "file", tarfile.AREGTYPE: "file", tarfile.CONTTYPE: "file",
+    tarfile.DIRTYPE: "dir", tarfile.SYMTYPE: "symlink", tarfile.LNKTYPE: "hardlink",
+    tarfile.CHRTYPE: "char", tarfile.BLKTYPE: "block", tarfile.FIFOTYPE: "fifo",
+}
+
+
+def _member_xattrs(m: tarfile.TarInfo) -> dict[str, bytes]:
+    out = {}
+    for k, v in m.pax_headers.items():
+        if k.startswith("SCHILY.xattr."):
+            out[k[len("SCHILY.xattr."):]] = v.encode("utf-8", "surrogateescape")
+    return out
+
+
+def entries_from_tar(tf: tarfile.TarFile) -> list[Entry]:
+    """Normalise the members of a *seekable* tar into sorted, de-duplicated entries.
+
+    The last member for a path wins; the root entry (``./``) is dropped; hardlink groups are
+    re-ordered so the target comes first. Raises UnsafeLayer for ``..`` names and InvalidArchive
+    for unsupported member types.
+    """
+    by_path: dict[str, Entry] = {}
+    for m in tf.getmembers():
+        path = normalize_name(m.name)
+        if not path:
+            continue
+        typ = _TAR_TYPES.get(m.type)
+        if typ is None:
+            raise InvalidArchive(f"tar member {m.name!r} has unsupported type {m.type!r}")
+        linkname = m.linkname
+        if typ == "hardlink":
+            linkname = normalize_name(linkname)
+        opener = None
+        if typ == "file":
+            opener = (lambda mm=m: tf.extractfile(mm))  # type: ignore[misc]
+        by_path[path] = Entry(path=path, type=typ, mode=m.mode & 0o7777, uid=m.uid, gid=m.gid,
+                              mtime=int(m.mtime), size=m.size if typ == "file" else 0,
+                              linkname=linkname, devmajor=m.devmajor, devminor=m.devminor,
+                              xattrs=_member_xattrs(m), open=opener)
+    entries = sorted(by_path.values(), key=lambda e: _sort_key(e.path))
+    return _link_groups_fixed(entries)
+
+
+def _tarinfo(e: Entry, clamp_mtime: int | None) -> tarfile.TarInfo:
+    ti = tarfile.TarInfo(e.path)
+    ti.mode = e.mode & 0o7777
+    ti.uid, ti.gid = e.uid, e.gid
+    ti.uname = ti.gname = ""
+    mtime = e.mtime
+    if clamp_mtime is not None and mtime > clamp_mtime:
+        mtime = clamp_mtime
+    ti.mtime = max(0, mtime)
+    ti.type = {"file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE,
+               "hardlink": tarfile.LNKTYPE, "char": tarfile.CHRTYPE, "block": tarfile.BLKTYPE,
+               "fifo": tarfile.FIFOTYPE}[e.type]
+    if e.type == "file":
+        ti.size = e.size
+    if e.type in ("symlink", "hardlink"):
+        ti.linkname = e.linkname
+    if e.type in ("char", "block"):
+        ti.devmajor, ti.devminor = e.devmajor, e.devminor
+    if e.xattrs:
+        ti.pax_headers = {f"SCHILY.xattr.{k}": v.decode("utf-8", "surrogateescape")
+                          for k, v in sorted(e.xattrs.items())}
+    return ti
+
+
+class _ExactReader(io.RawIOBase):
+    """Reads exactly ``size`` bytes from ``f``; raises if the file changed size underneath."""
+
+    def __init__(self, f: BinaryIO, size: int, name: str) -> None:
+        self._f, self._left, self._name = f, size, name
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        if self._left <= 0:
+            return 0
+        mv = memoryview(b)[: min(len(b), self._left)]
+        n = self._f.readinto(mv)  # type: ignore[attr-defined]
+        if not n:
+            raise InvalidArchive(f"{self._name} shrank while it was being archived")
+        self._left -= n
+        return n
+
+
+def write_tar(entries: Iterable[Entry], out: BinaryIO, clamp_mtime: int | None = None) -> int:
+    """Write ``entries`` (already sorted) as a PAX tar to ``out``; returns the entry count."""
+    n = 0
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT, encoding="utf-8",
+                      errors="surrogateescape") as tf:
+        for e in entries:
+            ti = _tarinfo(e, clamp_mtime)
+            if e.type == "file":
+                if e.open is None:
+                    raise InvalidArchive(f"entry {e.path!r} has no content")
+                with e.open() as src:
+                    tf.addfile(ti, _ExactReader(src, e.size, e.path))  # type: ignore[arg-type]
+            else:
+                tf.addfile(ti)
+            n += 1
+    return n
+
+
+class _Compressor:
+    def __init__(self, kind: str, level: int | None) -> None:
+        self.kind = kind
+        if kind == "gzip":
+            # zlib's gzip wrapper writes mtime 0 and no file name: deterministic output.
+            self._c = zlib.compressobj(6 if level is None else level, zlib.DEFLATED, 31)
+        elif kind == "zstd":
+            import zstandard
+            self._c = zstandard.ZstdCompressor(level=3 if level is None else level).compressobj()
+        elif kind == "":
+            self._c = None
+        else:
+            raise InvalidArchive(f"unknown compression {kind!r}", hint="use gzip or zstd")
+
+    def compress(self, data: bytes) -> bytes:
+        return self._c.compress(data) if self._c is not None else bytes(data)
+
+    def flush(self) -> bytes:
+        return self._c.flush() if self._c is not None else b""
+
+
+class _LayerSink(io.RawIOBase):
+    """Tar bytes in; diff_id hashed over them, compressed bytes into a store ingest."""
+
+    def __init__(self, ingest: "object", compression: str, level: int | None) -> None:
+        self._ingest = ingest
+        self._comp = _Compressor(compression, level)
+        self.diff_hasher = hashlib.sha256()
+        self.uncompressed_size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: bytes) -> int:  # type: ignore[override]
+        self.diff_hasher.update(b)
+        self.uncompressed_size += len(b)
+        out = self._comp.compress(bytes(b))
+        if out:
+            self._ingest.write(out)  # type: ignore[attr-defined]
+        return len(b)
+
+    def finish(self) -> None:
+        tail = self._comp.flush()
+        if tail:
+            self._ingest.write(tail)  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class LayerResult:
+    """A layer written to the store: its descriptor, diff_id and uncompressed size."""
+
+    descriptor: Descriptor
+    diff_id: Digest
+    uncompressed_size: int
+
+
+def write_layer(content: ContentStore, entries: Iterable[Entry], compression: str = "gzip",
+                clamp_mtime: int | None = None, level: int | None = None) -> LayerResult:
+    """Write ``entries`` as one compressed layer blob, hashing both streams in one pass."""
+    with content.ingest() as ing:
+        sink = _LayerSink(ing, compression, level)
+        write_tar(entries, sink, clamp_mtime)  # type: ignore[arg-type]
+        sink.finish()
+        digest = ing.commit()
+        size = ing.size
+    return LayerResult(Descriptor(MediaType.layer_for(compression), digest, size),
+                       Digest("sha256", sink.diff_hasher.hexdigest()), sink.uncompressed_size)
+
+
+def open_decompressed(f: BinaryIO, media_type: str = "") -> BinaryIO:
+    """Wrap ``f`` so that it yields the uncompressed tar, by media type or by magic bytes."""
+    kind = MediaType.compression(media_type) if media_type else ""
+    if not kind:
+        peekable = io.BufferedReader(f) if not hasattr(f, "peek") else f  # type: ignore[arg-type]
+        head = peekable.peek(4)[:4]  # type: ignore[attr-defined]
+        f = peekable
+        if head[:2] == b"\x1f\x8b":
+            kind = "gzip"
+        elif head == b"\x28\xb5\x2f\xfd":
+            kind = "zstd"
+        elif head[:3] == b"BZh":
+            import bz2
+            return bz2.BZ2File(f)  # type: ignore[return-value]
+        elif head == b"\xfd7zX":
+            import lzma
+            return lzma.LZMAFile(f)  # type: ignore[return-value]
+    if kind == "gzip":
+        return gzip.GzipFile(fileobj=f, mode="rb")  # type: ignore[return-value]
+    if kind == "zstd":
+        import zstandard
+        return zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True)  # type: ignore[return-value]
+    return f
+
+
+# ---------------------------------------------------------------------------------------------
+# Extraction
+
+
+def secure_join(root: Path, rel: str, follow_final: bool = True) -> Path:
+    """Resolve ``rel`` under ``root`` as if ``root`` were ``/``; the result is inside ``root``.
+
+    Symlinks met on the way are followed within the root (absolute targets restart at ``root``,
+    ``..`` never climbs above it). Missing components are kept as they are.
+    """
+    todo = [p for p in rel.split("/") if p not in ("", ".")]
+    todo.reverse()
+    cur: list[str] = []
+    links = 0
+    while todo:
+        part = todo.pop()
+        if part == "..":
+            if cur:
+                cur.pop()
+            continue
+        candidate = root.joinpath(*cur, part)
+        is_final = not todo
+        if (not is_final or follow_final) and candidate.is_symlink():
+            links += 1
+            if links > 255:
+                raise UnsafeLayer(f"too many levels of symbolic links resolving {rel!r}")
+            target = os.readlink(candidate)
+            if target.startswith("/"):
+                cur = []
+            more = [p for p in target.split("/") if p not in ("", ".")]
+            todo.extend(reversed(more))
+            continue
+        cur.append(part)
+    return root.joinpath(*cur)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def _mkdirs(root: Path, rel: str) -> Path:
+    """Create the directory ``rel`` (and missing parents, mode 0755) inside root; return it.
+
+    ``secure_join`` resolves every existing component (symlinks included) inside the root, so
+    what remains to create are plain missing names. Raises InvalidArchive when a component is a
+    file.
+    """
+    target = secure_join(root, rel)
+    if not target.exists():
+        target.mkdir(mode=0o755, parents=True)
+    elif not target.is_dir():
+        raise InvalidArchive(f"cannot create directory {rel!r}: {os.path.relpath(target, root)} is not a directory")
+    return target
+
+
+@dataclass
+class ExtractStats:
+    """What an extraction did: counts and the device nodes skipped for lack of permission."""
+
+    entries: int = 0
+    whiteouts: int = 0
+    skipped_devices: list[str] = field(default_factory=list)
+
+
+def extract_layer(stream: BinaryIO, root: str | os.PathLike[str], *,
+                  mode: Literal["apply", "overlay"] = "apply",
+                  same_owner: bool | None = None) -> ExtractStats:
+    """Extract an uncompressed layer tar from ``stream`` into ``root`` (which must exist).
+
+    Raises UnsafeLayer for entries that would leave the root, InvalidArchive for malformed
+    tars. ``same_owner`` (default: running as root) applies the entries' uid/gid.
+    """
+    root_p = Path(root).resolve()
+    if same_owner is None:
+        same_owner = os.geteuid() == 0
+    stats = ExtractStats()
+    created: set[str] = set()
+    dir_times: list[tuple[Path, int]] = []
+    try:
+        tf = tarfile.open(fileobj=stream, mode="r|", encoding="utf-8", errors="surrogateescape")
+    except tarfile.TarError as e:
+        raise InvalidArchive(f"layer is not a tar archive: {e}") from None
+    try:
+        for m in tf:
+            _extract_member(tf, m, root_p, mode, same_owner, stats, created, dir_times)
+    except tarfile.TarError as e:
+        raise InvalidArchive(f"layer tar is malformed: {e}") from None
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise InvalidArchive(f"layer is truncated or corrupt: {e}") from None
+    except Exception as e:
+        if type(e).__name__ == "ZstdError":
+            raise InvalidArchive(f"layer is truncated or corrupt: {e}") from None
+        raise
+    for p, t in reversed(dir_times):
+        try:
+            os.utime(p, (t, t), follow_symlinks=False)
+        except OSError:
+            pass
+    return stats
+
+
+def _extract_member(tf: tarfile.TarFile, m: tarfile.TarInfo, root: Path, mode: str, same_owner: bool,
+                    stats: ExtractStats, created: set[str], dir_times: list[tuple[Path, int]]) -> None:
+    rel = normalize_name(m.name)
+    if not rel:
+        return  # the root entry itself
+    stats.entries += 1
+    parent_rel, _, base = rel.rpartition("/")
+    parent = _mkdirs(root, parent_rel) if parent_rel else root
+    if base.startswith(WHITEOUT_PREFIX):
+        stats.whiteouts += 1
+        _whiteout(root, parent, base, mode, created, rel)
+        return
+    target = parent / base
+    created.add(os.path.relpath(target, root))
+    typ = _TAR_TYPES.get(m.type)
+    if typ is None:
+        raise InvalidArchive(f"layer entry {m.name!r} has unsupported type {m.type!r}")
+    if os.path.lexists(target) and not (typ == "dir" and target.is_dir() and not target.is_symlink()):
+        _remove(target)
+    if typ == "dir":
+        if not target.exists():
+            target.mkdir(mode=0o700)
+    elif typ == "file":
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            src = tf.extractfile(m)
+            if src is not None:
+                shutil.copyfileobj(src, out, _CHUNK)
+    elif typ == "symlink":
+        os.symlink(m.linkname, target)
+    elif typ == "hardlink":
+        link_rel = normalize_name(m.linkname)
+        src_path = secure_join(root, link_rel, follow_final=False)
+        if not os.path.lexists(src_path):
+            raise InvalidArchive(f"hardlink {m.name!r} points at {m.linkname!r}, which does not exist")
+        os.link(src_path, target, follow_symlinks=False)
+        return  # a hardlink shares the target's metadata
+    elif typ in ("char", "block", "fifo"):
+        try:
+            if typ == "fifo":
+                os.mkfifo(target, 0o600)
+            else:
+                kind = stat.S_IFCHR if typ == "char" else stat.S_IFBLK
+                os.mknod(target, kind | 0o600, os.makedev(m.devmajor, m.devminor))
+        except PermissionError:
+            stats.skipped_devices.append(rel)
+            return
+    _apply_metadata(target, m, typ, same_owner, dir_times)
+
+
+def _apply_metadata(target: Path, m: tarfile.TarInfo, typ: str, same_owner: bool,
+                    dir_times: list[tuple[Path, int]]) -> None:
+    if same_owner:
+        try:
+            os.chown(target, m.uid, m.gid, follow_symlinks=False)
+        except OSError:
+            pass
+    for k, v in _member_xattrs(m).items():
+        try:
+            os.setxattr(target, k, v, follow_symlinks=False)
+        except OSError:
+            pass  # e.g. security.* without privilege, or a file system without xattrs
+    if typ != "symlink":
+        os.chmod(target, m.mode & 0o7777)
+    if typ == "dir":
+        dir_times.append((target, int(m.mtime)))
+    else:
+        try:
+            os.utime(target, (int(m.mtime), int(m.mtime)), follow_symlinks=False)
+        except OSError:
+            pass
+
+
+def _whiteout(root: Path, parent: Path, base: str, mode: str, created: set[str], rel: str) -> None:
+    if base == OPAQUE_WHITEOUT:
+        if mode == "overlay":
+            os.setxattr(parent, "trusted.overlay.opaque", b"y")
+            return
+        for child in list(parent.iterdir()):
+            if os.path.relpath(child, root) not in created:
+                _remove(child)
+        return
+    name = base[len(WHITEOUT_PREFIX):]
+    if name in ("", ".", "..") or "/" in name:
+        raise UnsafeLayer(f"layer whiteout {rel!r} names {name!r}, which is not a file name",
+                          hint="the layer is malicious or broken; it was not extracted")
+    victim = parent / name
+    if mode == "overlay":
+        if os.path.lexists(victim):
+            _remove(victim)
+        os.mknod(victim, stat.S_IFCHR | 0o600, os.makedev(0, 0))
+        return
+    if os.path.lexists(victim):
+        _remove(victim)
+
+
+def iter_tar_paths(stream: BinaryIO) -> Iterator[tarfile.TarInfo]:
+    """Iterate the members of an uncompressed tar stream (for inspection and tests)."""
+    with tarfile.open(fileobj=stream, mode="r|") as tf:
+        yield from tf
