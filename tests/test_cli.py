@@ -161,3 +161,17 @@ def test_empty_store_commands(pb: PB) -> None:
     r = pb.run("inspect", "busybox", check=False)
     assert r.code == 1 and "no store" in r.err
     shutil.rmtree(pb.root, ignore_errors=True)
+
+
+def test_corrupt_layer_fails_save_naming_the_blob(pb_busybox: PB, tmp_path: Path) -> None:
+    info = json.loads(pb_busybox.run("inspect", "busybox").out)[0]
+    layer = info["Manifest"]["layers"][0]["digest"]
+    p = pb_busybox.root / "blobs" / "sha256" / layer.split(":")[1]
+    raw = bytearray(p.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    p.write_bytes(bytes(raw))
+    for fmt in ("oci-archive", "docker-archive"):
+        out = tmp_path / f"{fmt}.tar"
+        r = pb_busybox.run("save", "busybox", "-o", str(out), "--format", fmt, check=False)
+        assert r.code == 1 and layer in r.err, r.err
+        assert not out.exists()  # no half-written archive
