@@ -1,0 +1,4 @@
+from busybox As MixedCase
+run echo lower
+Copy --from=x a b
+WorkDir /w

@@ -1,0 +1,5 @@
+# unknowndirective=value
+# escape=`
+FROM busybox
+RUN echo \
+    still backslash

@@ -1,0 +1,5 @@
+FROM busybox
+RUN ["cat", "<<EOF"]
+RUN echo "<<EOF" '<<EOF' a<<b
+ENV A=<<EOF
+LABEL x=<<EOF
