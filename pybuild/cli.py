@@ -267,9 +267,126 @@ def load_cmd(c: Ctx, input_: str) -> None:
         click.echo(f"Loaded image: {r.name}" if r.name else f"Loaded image ID: {r.image_id}")
 
 
+def _parse_kv(values: tuple[str, ...], what: str, from_env: bool = False) -> dict[str, str]:
+    from pybuild.errors import UsageError
+    out: dict[str, str] = {}
+    for v in values:
+        k, eq, val = v.partition("=")
+        if not k:
+            raise UsageError(f"invalid {what} {v!r}", hint=f"use {what} KEY=VALUE")
+        if not eq:
+            if not from_env:
+                raise UsageError(f"invalid {what} {v!r}", hint=f"use {what} KEY=VALUE")
+            if k not in os.environ:
+                continue  # docker: a build-arg without value and not in the environment is ignored
+            val = os.environ[k]
+        out[k] = val
+    return out
+
+
+def _parse_output(spec: str) -> dict[str, str]:
+    from pybuild.errors import UsageError
+    fields: dict[str, str] = {}
+    for part in spec.split(","):
+        k, eq, v = part.partition("=")
+        if not eq:
+            if "type" not in fields and "," not in spec:
+                fields = {"type": "local", "dest": spec}
+                break
+            raise UsageError(f"invalid --output {spec!r}", hint="use type=oci|docker|local,dest=PATH")
+        fields[k.strip()] = v.strip()
+    if fields.get("type") not in ("oci", "docker", "local") or not fields.get("dest"):
+        raise UsageError(f"invalid --output {spec!r}", hint="use type=oci|docker|local,dest=PATH")
+    return fields
+
+
+@cli.command("build")
+@click.argument("context", metavar="CONTEXT")
+@click.option("-t", "--tag", "tags", multiple=True, metavar="TAG", help="Name (and tag) for the image; repeatable.")
+@click.option("-f", "--file", "file", metavar="FILE", help="Dockerfile (default: CONTEXT/Dockerfile; - for stdin).")
+@click.option("--build-arg", "build_args", multiple=True, metavar="K[=V]", help="Build-time variable; repeatable.")
+@click.option("--target", metavar="STAGE", help="Build up to this stage.")
+@click.option("--no-cache", is_flag=True, help="Do not use the build cache.")
+@click.option("--label", "labels", multiple=True, metavar="K=V", help="Image label; repeatable.")
+@click.option("--iidfile", metavar="FILE", help="Write the image id here.")
+@click.option("--progress", type=click.Choice(["auto", "plain", "quiet"]), default="auto", show_default=True)
+@click.option("-q", "--quiet", is_flag=True, help="Same as --progress quiet.")
+@click.option("--compression", type=click.Choice(["gzip", "zstd"]), default="gzip", show_default=True)
+@click.option("--output", "outputs", multiple=True, metavar="type=oci|docker|local,dest=PATH",
+              help="Also export the image; repeatable.")
+@click.option("--network", type=click.Choice(["host", "none"]), default="host", show_default=True,
+              help="Network for RUN steps.")
+@click.option("--platform", metavar="OS/ARCH", help="Target platform (default: the host's).")
+@pass_ctx
+def build_cmd(c: Ctx, context: str, tags: tuple[str, ...], file: str | None, build_args: tuple[str, ...],
+              target: str | None, no_cache: bool, labels: tuple[str, ...], iidfile: str | None, progress: str,
+              quiet: bool, compression: str, outputs: tuple[str, ...], network: str, platform: str | None) -> None:
+    """Build an image from a Dockerfile and a context (a directory, a tar, or - for a Dockerfile on stdin)."""
+    from pybuild.builder.build import BuildOptions, Progress, build
+    from pybuild.builder.context import open_build_context
+    from pybuild.oci import Platform
+    from pybuild.reference import parse_reference
+    for t in tags:
+        parse_reference(t)
+    outs = [_parse_output(o) for o in outputs]
+    mode = "quiet" if quiet else ("plain" if progress == "auto" else progress)
+    store = c.store()
+    store.init()
+    with open_build_context(context, file, stdin=sys.stdin.buffer, cache_dir=store.metadata_dir) as bc:
+        opts = BuildOptions(context=bc, dockerfile_text=bc.dockerfile_text, dockerfile_name=bc.dockerfile_name,
+                            tags=tags, build_args=_parse_kv(build_args, "--build-arg", from_env=True),
+                            target=target, no_cache=no_cache, labels=_parse_kv(labels, "--label"),
+                            compression=compression,
+                            platform=Platform.parse(platform) if platform else Platform.host())
+        prog = Progress(mode, out=lambda line: click.echo(line, err=False))
+        result = build(store, opts, progress=prog)
+    for o in outs:
+        _export(store, result, o)
+    if iidfile:
+        Path(iidfile).write_text(str(result.image_id))
+    if mode == "quiet":
+        click.echo(str(result.image_id))
+    else:
+        for t in result.tags:
+            click.echo(f"Successfully tagged {t}")
+        click.echo(f"--> {result.image_id}")
+
+
+def _export(store: "Any", result: "Any", o: dict[str, str]) -> None:
+    from pybuild.store.archive import save
+    if o["type"] in ("oci", "docker"):
+        name = result.tags[0] if result.tags else str(result.image_id)
+        save(store, [name], o["dest"], "oci-archive" if o["type"] == "oci" else "docker-archive")
+        return
+    from pybuild.store.flatten import flatten_image
+    flatten_image(store, store.load(result.descriptor), Path(o["dest"]))
+
+
+_GLOBAL_WITH_VALUE = {"--root"}
+_GLOBAL_FLAGS = {"--debug"}
+
+
+def _insert_build(args: list[str]) -> list[str]:
+    """``pybuild -t TAG CONTEXT`` means ``pybuild build -t TAG CONTEXT`` (docker's shorthand)."""
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a in _GLOBAL_WITH_VALUE:
+            i += 2
+            continue
+        if a.split("=", 1)[0] in _GLOBAL_WITH_VALUE or a in _GLOBAL_FLAGS:
+            i += 1
+            continue
+        break
+    if i < len(args) and args[i] not in cli.commands and args[i] not in ("-h", "--help", "--version") \
+            and (args[i].startswith("-") or os.path.isdir(args[i])):
+        return args[:i] + ["build"] + args[i:]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: runs the CLI and turns PybuildError into a message and an exit code."""
-    args = list(sys.argv[1:] if argv is None else argv)
+    args = _insert_build(list(sys.argv[1:] if argv is None else argv))
     debug = "--debug" in args
     try:
         cli.main(args=args, prog_name="pybuild", standalone_mode=False)

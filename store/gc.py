@@ -26,6 +26,7 @@ class GCReport:
     bytes_freed: int = 0
     snapshots: list[str] = field(default_factory=list)
     ingests: int = 0
+    cache_records: int = 0
 
 
 def _walk(store: Store, desc: Descriptor, blobs: set[Digest], chains: set[str]) -> None:
@@ -69,6 +70,11 @@ def mark(store: Store, extra_roots: list[Descriptor] = ()) -> tuple[set[Digest],
     return blobs, chains
 
 
+def _cache_chains(store: Store, tagged: set[Digest]) -> set[str]:
+    """Snapshots of layers that only kept cache records use (e.g. builder stages) stay too."""
+    return set(store.cache.kept_chains(tagged))
+
+
 def collect(store: Store, dry_run: bool = False) -> GCReport:
     """Remove every blob and snapshot no tag reaches, and dead ingest files.
 
@@ -76,7 +82,11 @@ def collect(store: Store, dry_run: bool = False) -> GCReport:
     """
     report = GCReport()
     with store.exclusive(), file_lock(store.tags.lock_path):
+        tagged = {e.descriptor.digest for e in store.tags.read()}
+        cache_roots, report.cache_records = store.cache.sweep(tagged, dry_run=dry_run)
         blobs, chains = mark(store)
+        blobs.update(d.digest for d in cache_roots)
+        chains.update(_cache_chains(store, tagged))
         for d in list(store.content.iter_blobs()):
             if d in blobs:
                 continue

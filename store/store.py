@@ -26,10 +26,12 @@ from pybuild.oci import (Descriptor, Digest, ImageConfig, Index, Manifest, Media
                          canonical_json)
 from pybuild.reference import parse_reference
 
+from .cache import BuildCache
 from .content import ContentStore
 from .fsutil import atomic_write
 from .images import TagEntry, TagIndex
 from .lock import file_lock
+from .snapshots import Snapshots
 
 __all__ = ["Store", "Image", "default_root"]
 
@@ -78,6 +80,8 @@ class Store:
         self.metadata_dir = self.root / "metadata"
         self.snapshots_dir = self.root / "snapshots"
         self.tags = TagIndex(self.root, self.metadata_dir / "index.lock")
+        self.snapshots = Snapshots(self.snapshots_dir, self.content)
+        self.cache = BuildCache(self.metadata_dir / "cache")
 
     # -- layout ------------------------------------------------------------------------------
     def init(self) -> None:

@@ -1,0 +1,705 @@
+"""Drive a build: Dockerfile → stages → steps (cached by content keys) → image in the store.
+
+Each stage keeps a state (image config, layers, cache key, ARGs in scope). Metadata steps change
+the config and add an ``empty_layer`` history entry; COPY/ADD/WORKDIR write an upper directory
+over the stage's snapshots and turn it into one layer. A step's cache key is
+``sha256(parent key, canonical expanded instruction, digest of its inputs)``; on a hit the cached
+layer is reused without running the step. Only the stages the target needs are built.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import posixpath
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Protocol
+
+from pybuild.errors import BuildError, DockerfileError, NotFound, PybuildError, UserError
+from pybuild.oci import ContainerConfig, Descriptor, Digest, History, ImageConfig, Platform, chain_id
+from pybuild.store.cache import CacheRecord
+from pybuild.store.importer import rfc3339, source_date_epoch
+from pybuild.store.layers import entries_from_dir, write_layer
+from pybuild.store.snapshots import LayerRef, StackView
+from pybuild.store.store import Image, Store
+
+from . import dockerfile as df
+from .copy import (CopyItem, ImageFS, SourceFS, SrcStat, apply_items, parse_chmod, plan_sources,
+                   resolve_owner)
+from .expand import ExpansionError, env_pairs_expand, expand_heredoc, expand_word, expand_words
+
+__all__ = ["BuildOptions", "BuildResult", "build", "ImageResolver", "StoreResolver", "Progress"]
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+HISTORY_COMMENT = "pybuild.dockerfile.v0"
+PREDEFINED_ARGS = {"HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "FTP_PROXY", "ftp_proxy",
+                   "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"}
+
+
+class ImageResolver(Protocol):
+    """Finds base images (FROM, COPY --from=image). The store is one; a registry pull is another."""
+
+    def resolve(self, name: str, platform: Platform) -> Image: ...
+
+
+class StoreResolver:
+    """Base images from the local store only."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def resolve(self, name: str, platform: Platform) -> Image:
+        _, desc = self.store.resolve(name)
+        return self.store.load(desc, platform)
+
+
+class Progress:
+    """Plain, line-by-line progress (``--progress plain``); ``quiet`` prints nothing."""
+
+    def __init__(self, mode: str = "plain", out: Callable[[str], None] | None = None) -> None:
+        self.mode = mode
+        self._out = out or (lambda s: print(s, flush=True))
+
+    def line(self, text: str) -> None:
+        if self.mode != "quiet":
+            self._out(text)
+
+    def warn(self, text: str) -> None:
+        if self.mode != "quiet":
+            self._out(f"[Warning] {text}")
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """What ``pybuild build`` was asked to do."""
+
+    context: Any                      # a builder.context build context
+    dockerfile_text: str
+    dockerfile_name: str = "Dockerfile"
+    tags: tuple[str, ...] = ()
+    build_args: Mapping[str, str] = field(default_factory=dict)
+    target: str | None = None
+    no_cache: bool = False
+    labels: Mapping[str, str] = field(default_factory=dict)
+    compression: str = "gzip"
+    platform: Platform = field(default_factory=Platform.host)
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    descriptor: Descriptor            # the manifest
+    image_id: Digest                  # the config digest
+    tags: tuple[str, ...]
+    cached_steps: int
+    total_steps: int
+
+
+@dataclass
+class _State:
+    config: ImageConfig
+    layers: list[LayerRef]
+    key: str
+    args: dict[str, str | None]
+    cmd_set: bool = False
+    base_desc: str = ""
+
+
+def _h(*parts: str) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p.encode("utf-8", "surrogateescape"))
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+class _Builder:
+    def __init__(self, store: Store, opts: BuildOptions, resolver: ImageResolver, progress: Progress) -> None:
+        self.store = store
+        self.opts = opts
+        self.resolver = resolver
+        self.progress = progress
+        self.file = opts.dockerfile_name
+        self.epoch = source_date_epoch()
+        self.created = rfc3339(self.epoch or 0)
+        self.clamp = self.epoch if self.epoch is not None else 0
+        self.used_args: set[str] = set()
+        self.keys: list[str] = []
+        self.chains: list[Digest] = []
+        self.cached = 0
+        self.total = 0
+        self.platform = opts.platform
+        self.escape = "\\"
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def err(self, instr: df.Instruction, message: str, hint: str | None = None) -> DockerfileError:
+        return DockerfileError(message, file=self.file, line=instr.line,
+                               text=instr.original.splitlines()[0] if instr.original else "", hint=hint)
+
+    def expand(self, instr: df.Instruction, word: str, env: Mapping[str, str]) -> str:
+        try:
+            return expand_word(word, env, escape=self.escape)
+        except ExpansionError as e:
+            raise df.expansion_error(e, instr, self.file) from None
+
+    def expand_list(self, instr: df.Instruction, text: str, env: Mapping[str, str]) -> list[str]:
+        try:
+            return expand_words(text, env, escape=self.escape)
+        except ExpansionError as e:
+            raise df.expansion_error(e, instr, self.file) from None
+
+    def platform_args(self) -> dict[str, str]:
+        p, b = self.platform, Platform.host()
+        return {"TARGETPLATFORM": str(p), "TARGETOS": p.os, "TARGETARCH": p.architecture,
+                "TARGETVARIANT": p.variant, "BUILDPLATFORM": str(b), "BUILDOS": b.os,
+                "BUILDARCH": b.architecture, "BUILDVARIANT": b.variant}
+
+    @staticmethod
+    def env_of(state: _State) -> dict[str, str]:
+        """Expansion environment: ARGs in scope, overridden by the image's ENV."""
+        env = {k: v for k, v in state.args.items() if v is not None}
+        env.update(state.config.config.env_dict())
+        return env
+
+    # -- the build -------------------------------------------------------------------------------
+    def run(self, dockerfile: df.Dockerfile) -> BuildResult:
+        self.escape = dockerfile.directives.escape
+        global_args = self.eval_global_args(dockerfile)
+        target_index = self.target_index(dockerfile)
+        needed = self.needed_stages(dockerfile, target_index, global_args)
+        states: dict[int, _State] = {}
+        for n, idx in enumerate(needed, 1):
+            stage = dockerfile.stages[idx]
+            states[idx] = self.build_stage(dockerfile, stage, states, global_args, n, len(needed))
+        final = states[target_index]
+        self.warn_unused_args(dockerfile, needed)
+        cfg = final.config
+        if self.opts.labels:
+            cc = dataclasses.replace(cfg.config, Labels={**cfg.config.Labels, **self.opts.labels})
+            cfg = dataclasses.replace(cfg, config=cc)
+        cfg = dataclasses.replace(cfg, created=self.created)
+        desc = self.store.write_image(cfg, [x.descriptor for x in final.layers])
+        tags = tuple(self.store.tag(t, desc) for t in self.opts.tags)
+        if not tags:
+            self.store.tags.add_untagged(desc)
+        self.store.cache.link(desc.digest, self.keys, self.chains)
+        image_id = self.store.load(desc).id
+        return BuildResult(desc, image_id, tags, self.cached, self.total)
+
+    def eval_global_args(self, dockerfile: df.Dockerfile) -> dict[str, str | None]:
+        env: dict[str, str | None] = dict(self.platform_args())
+        for a in dockerfile.global_args:
+            for name, default in a.pairs:
+                if name in self.opts.build_args:
+                    env[name] = self.opts.build_args[name]
+                    self.used_args.add(name)
+                elif default is not None:
+                    env[name] = self.expand(a, default, {k: v for k, v in env.items() if v is not None})
+                else:
+                    env.setdefault(name, None)
+        return env
+
+    def target_index(self, dockerfile: df.Dockerfile) -> int:
+        if not self.opts.target:
+            return len(dockerfile.stages) - 1
+        st = dockerfile.stage_named(self.opts.target)
+        if st is None:
+            names = [s.name for s in dockerfile.stages if s.name]
+            raise UserError(f"target stage {self.opts.target!r} could not be found in {self.file}",
+                            hint=f"stages: {', '.join(names) or '(none named)'}")
+        return st.index
+
+    def stage_refs(self, dockerfile: df.Dockerfile, stage: df.Stage,
+                   global_args: dict[str, str | None]) -> list[int]:
+        env = {k: v for k, v in global_args.items() if v is not None}
+        refs: list[int] = []
+        base = self.expand(stage.from_, stage.from_.image, env)
+        r = dockerfile.resolve_stage(base, stage.index, line=stage.from_.line)
+        if r is not None:
+            refs.append(r)
+        for ins in stage.instructions:
+            if isinstance(ins, df.Copy) and ins.from_:
+                val = self.expand(ins, ins.from_, env)
+                r = dockerfile.resolve_stage(val, stage.index, line=ins.line)
+                if r is not None:
+                    refs.append(r)
+        return refs
+
+    def needed_stages(self, dockerfile: df.Dockerfile, target: int,
+                      global_args: dict[str, str | None]) -> list[int]:
+        need: set[int] = set()
+        todo = [target]
+        while todo:
+            i = todo.pop()
+            if i in need:
+                continue
+            need.add(i)
+            todo.extend(self.stage_refs(dockerfile, dockerfile.stages[i], global_args))
+        return sorted(need)
+
+    def warn_unused_args(self, dockerfile: df.Dockerfile, needed: list[int]) -> None:
+        unused = sorted(k for k in self.opts.build_args if k not in self.used_args and k not in PREDEFINED_ARGS)
+        if unused:
+            self.progress.warn(f"one or more build-args {unused} were not consumed")
+
+    # -- stages ----------------------------------------------------------------------------------
+    def build_stage(self, dockerfile: df.Dockerfile, stage: df.Stage, states: dict[int, _State],
+                    global_args: dict[str, str | None], n: int, m: int) -> _State:
+        total = 1 + len(stage.instructions)
+        label = f"[stage {n}/{m}{' ' + stage.name if stage.name else ''}]"
+        fr = stage.from_
+        self.progress.line(f"{label} STEP 1/{total}: {fr.logical}")
+        t0 = time.monotonic()
+        state = self.from_state(dockerfile, stage, states, global_args)
+        self.progress.line(f"{label} STEP 1/{total}: DONE {time.monotonic() - t0:.2f}s")
+        triggers = list(state.config.config.OnBuild)
+        if triggers:
+            state.config = dataclasses.replace(state.config,
+                                               config=dataclasses.replace(state.config.config, OnBuild=()))
+            for raw in triggers:
+                try:
+                    ins = df.parse_instruction(raw, file=f"{self.file} (ONBUILD of {fr.image})", line=fr.line,
+                                               escape=self.escape)
+                except DockerfileError as e:
+                    raise BuildError(f"{self.file}:{fr.line}: ONBUILD trigger {raw!r} of the base image is invalid: "
+                                     f"{e.reason}") from None
+                self.progress.line(f"{label} ONBUILD {ins.logical}")
+                self.step(dockerfile, stage, ins, state, states)
+        for k, ins in enumerate(stage.instructions, 2):
+            self.progress.line(f"{label} STEP {k}/{total}: {ins.logical}")
+            t0 = time.monotonic()
+            cached = self.step(dockerfile, stage, ins, state, states)
+            self.total += 1
+            if cached:
+                self.cached += 1
+                self.progress.line(f"{label} STEP {k}/{total}: CACHED")
+            else:
+                self.progress.line(f"{label} STEP {k}/{total}: DONE {time.monotonic() - t0:.2f}s")
+        return state
+
+    def from_state(self, dockerfile: df.Dockerfile, stage: df.Stage, states: dict[int, _State],
+                   global_args: dict[str, str | None]) -> _State:
+        fr = stage.from_
+        env = {k: v for k, v in global_args.items() if v is not None}
+        image = self.expand(fr, fr.image, env)
+        if fr.platform:
+            plat = self.expand(fr, fr.platform, env)
+            try:
+                Platform.parse(plat)
+            except PybuildError as e:
+                raise self.err(fr, f"invalid --platform: {e}") from None
+        ref = dockerfile.resolve_stage(image, stage.index, line=fr.line)
+        host = self.platform
+        if ref is not None:
+            src = states[ref]
+            cfg = src.config
+            state = _State(cfg, list(src.layers), _h("stage", src.key), {}, False, f"stage:{src.key}")
+        elif image.lower() == "scratch":
+            cfg = ImageConfig(architecture=host.architecture, os=host.os, variant=host.variant)
+            state = _State(cfg, [], _h("scratch", str(host)), {}, False, "scratch")
+        else:
+            if not image:
+                raise self.err(fr, "FROM names an empty image (an ARG without a value?)",
+                               hint="give the ARG a default or pass --build-arg")
+            try:
+                img = self.resolver.resolve(image, host)
+            except NotFound as e:
+                raise DockerfileError(f"base image {image!r} not found: {e.message}", file=self.file, line=fr.line,
+                                      text=fr.original.splitlines()[0], hint=e.hint) from None
+            except PybuildError as e:
+                if isinstance(e, DockerfileError):
+                    raise
+                raise DockerfileError(f"base image {image!r}: {e.message}", file=self.file, line=fr.line,
+                                      text=fr.original.splitlines()[0], hint=e.hint) from None
+            cfg = dataclasses.replace(img.config, created="")
+            if len(img.manifest.layers) != len(cfg.diff_ids):
+                raise BuildError(f"base image {image}: {len(img.manifest.layers)} layers but "
+                                 f"{len(cfg.diff_ids)} diff_ids in its config")
+            layers = [LayerRef(d, i) for d, i in zip(img.manifest.layers, cfg.diff_ids)]
+            state = _State(cfg, layers, _h("image", str(img.descriptor.digest), str(host)), {}, False,
+                           str(img.descriptor.digest))
+        env_now = state.config.config.env_dict()
+        if "PATH" not in env_now:
+            cc = state.config.config
+            state.config = dataclasses.replace(state.config, config=dataclasses.replace(
+                cc, Env=cc.Env + (f"PATH={DEFAULT_PATH}",)))
+        self.global_args = global_args
+        return state
+
+    # -- steps -----------------------------------------------------------------------------------
+    def record_meta(self, state: _State, ins: df.Instruction, canonical: str, history: bool = True) -> bool:
+        """Advance the key for a metadata step; returns True when it was seen before (CACHED)."""
+        state.key = _h(state.key, canonical)
+        self.keys.append(state.key)
+        hit = not self.opts.no_cache and self.store.cache.get(state.key) is not None
+        if not hit:
+            self.store.cache.put(state.key, CacheRecord())
+        if history:
+            state.config = state.config.with_history(History(created=self.created, created_by=canonical,
+                                                             comment=HISTORY_COMMENT, empty_layer=True))
+        return hit
+
+    def set_config(self, state: _State, **changes: Any) -> None:
+        state.config = dataclasses.replace(state.config, config=dataclasses.replace(state.config.config, **changes))
+
+    def step(self, dockerfile: df.Dockerfile, stage: df.Stage, ins: df.Instruction, state: _State,
+             states: dict[int, _State]) -> bool:
+        env = self.env_of(state)
+        cc = state.config.config
+        if isinstance(ins, df.Arg):
+            return self.step_arg(ins, state)
+        if isinstance(ins, df.Env):
+            try:
+                pairs = env_pairs_expand(ins.pairs, env, escape=self.escape)
+            except ExpansionError as e:
+                raise df.expansion_error(e, ins, self.file) from None
+            current = cc.env_dict()
+            for k, v in pairs:
+                current[k] = v
+            self.set_config(state, Env=tuple(f"{k}={v}" for k, v in current.items()))
+            return self.record_meta(state, ins, "ENV " + " ".join(f"{k}={v}" for k, v in pairs))
+        if isinstance(ins, df.Label):
+            try:
+                pairs = env_pairs_expand(ins.pairs, env, escape=self.escape)
+            except ExpansionError as e:
+                raise df.expansion_error(e, ins, self.file) from None
+            self.set_config(state, Labels={**cc.Labels, **dict(pairs)})
+            return self.record_meta(state, ins, "LABEL " + " ".join(f"{k}={v}" for k, v in pairs))
+        if isinstance(ins, df.Maintainer):
+            state.config = dataclasses.replace(state.config, author=ins.maintainer)
+            return self.record_meta(state, ins, f"MAINTAINER {ins.maintainer}")
+        if isinstance(ins, df.Expose):
+            ports = []
+            for word in ins.ports:
+                for p in self.expand_list(ins, word, env):
+                    ports.extend(self.normalise_ports(ins, p))
+            self.set_config(state, ExposedPorts=tuple(sorted(set(cc.ExposedPorts) | set(ports))))
+            return self.record_meta(state, ins, "EXPOSE " + " ".join(ports))
+        if isinstance(ins, df.Volume):
+            vols = [self.expand(ins, p, env) for p in ins.paths]
+            if any(not v.strip() for v in vols):
+                raise self.err(ins, "VOLUME specified can not be an empty string")
+            self.set_config(state, Volumes=tuple(sorted(set(cc.Volumes) | set(vols))))
+            return self.record_meta(state, ins, "VOLUME " + json.dumps(vols))
+        if isinstance(ins, df.User):
+            user = self.expand(ins, ins.user, env)
+            self.set_config(state, User=user)
+            return self.record_meta(state, ins, f"USER {user}")
+        if isinstance(ins, df.Stopsignal):
+            sig = self.expand(ins, ins.signal, env)
+            self.set_config(state, StopSignal=sig)
+            return self.record_meta(state, ins, f"STOPSIGNAL {sig}")
+        if isinstance(ins, df.Shell):
+            self.set_config(state, Shell=tuple(ins.shell))
+            return self.record_meta(state, ins, "SHELL " + json.dumps(ins.shell))
+        if isinstance(ins, df.Cmd):
+            cmd = self.command_list(ins.command, ins.shell_form, cc)
+            self.set_config(state, Cmd=tuple(cmd))
+            state.cmd_set = True
+            return self.record_meta(state, ins, "CMD " + json.dumps(cmd))
+        if isinstance(ins, df.Entrypoint):
+            ep = self.command_list(ins.command, ins.shell_form, cc)
+            changes: dict[str, Any] = {"Entrypoint": tuple(ep)}
+            if not state.cmd_set:
+                changes["Cmd"] = None  # ENTRYPOINT resets an inherited CMD
+            self.set_config(state, **changes)
+            return self.record_meta(state, ins, "ENTRYPOINT " + json.dumps(ep))
+        if isinstance(ins, df.Healthcheck):
+            hc = self.healthcheck(ins, cc)
+            self.set_config(state, Healthcheck=hc)
+            return self.record_meta(state, ins, "HEALTHCHECK " + json.dumps(hc, sort_keys=True))
+        if isinstance(ins, df.Onbuild):
+            self.set_config(state, OnBuild=cc.OnBuild + (ins.raw,))
+            return self.record_meta(state, ins, f"ONBUILD {ins.raw}")
+        if isinstance(ins, df.Workdir):
+            return self.step_workdir(ins, state, env)
+        if isinstance(ins, (df.Copy, df.Add)):
+            return self.step_copy(dockerfile, stage, ins, state, states, env)
+        if isinstance(ins, df.Run):
+            raise DockerfileError("RUN is not supported yet", file=self.file, line=ins.line,
+                                  text=ins.original.splitlines()[0],
+                                  hint="RUN steps arrive with the sandbox; build without RUN for now")
+        raise self.err(ins, f"unsupported instruction {ins.cmd}")
+
+    def step_arg(self, ins: df.Arg, state: _State) -> bool:
+        parts = []
+        for name, default in ins.pairs:
+            env = self.env_of(state)
+            if name in self.opts.build_args:
+                value: str | None = self.opts.build_args[name]
+                self.used_args.add(name)
+            elif default is not None:
+                value = self.expand(ins, default, env)
+            elif name in self.global_args:
+                value = self.global_args[name]
+            else:
+                value = None
+            state.args[name] = value
+            parts.append(f"{name}={value}" if value is not None else name)
+        state.key = _h(state.key, "ARG " + " ".join(parts))
+        self.keys.append(state.key)
+        hit = not self.opts.no_cache and self.store.cache.get(state.key) is not None
+        if not hit:
+            self.store.cache.put(state.key, CacheRecord())
+        return hit
+
+    def normalise_ports(self, ins: df.Instruction, word: str) -> list[str]:
+        port, _, proto = word.partition("/")
+        proto = (proto or "tcp").lower()
+        if proto not in ("tcp", "udp", "sctp"):
+            raise self.err(ins, f"invalid proto {proto!r} in EXPOSE {word}", hint="use tcp, udp or sctp")
+        if ":" in port:
+            raise self.err(ins, f"EXPOSE {word}: publishing a host port is not possible in a Dockerfile",
+                           hint="EXPOSE only takes a container port")
+        lo, dash, hi = port.partition("-")
+        try:
+            a = int(lo)
+            b = int(hi) if dash else a
+            if not (0 < a <= 65535 and 0 < b <= 65535 and a <= b):
+                raise ValueError
+        except ValueError:
+            raise self.err(ins, f"invalid port {word!r} in EXPOSE") from None
+        return [f"{p}/{proto}" for p in range(a, b + 1)]
+
+    @staticmethod
+    def command_list(command: list[str] | str, shell_form: bool, cc: ContainerConfig) -> list[str]:
+        if shell_form:
+            shell = list(cc.Shell) or ["/bin/sh", "-c"]
+            return shell + [str(command)]
+        return list(command)
+
+    def healthcheck(self, ins: df.Healthcheck, cc: ContainerConfig) -> dict[str, Any]:
+        if ins.kind == "NONE":
+            return {"Test": ["NONE"]}
+        test = ins.test
+        hc: dict[str, Any] = {"Test": test}
+        for field_, key in (("interval", "Interval"), ("timeout", "Timeout"), ("start_period", "StartPeriod"),
+                            ("start_interval", "StartInterval")):
+            v = getattr(ins, field_)
+            if v:
+                hc[key] = v
+        if ins.retries:
+            hc["Retries"] = ins.retries
+        return hc
+
+    # -- layer steps -----------------------------------------------------------------------------
+    def lower_dirs(self, state: _State) -> list[Path]:
+        return self.store.snapshots.ensure(state.layers)
+
+    def commit_upper(self, ins: df.Instruction, state: _State, upper: Path, canonical: str) -> None:
+        entries = entries_from_dir(upper)
+        if not entries:
+            shutil.rmtree(upper, ignore_errors=True)
+            self.store.cache.put(state.key, CacheRecord())
+            state.config = state.config.with_history(History(created=self.created, created_by=canonical,
+                                                             comment=HISTORY_COMMENT, empty_layer=True))
+            return
+        result = write_layer(self.store.content, entries, self.opts.compression, clamp_mtime=self.clamp)
+        ref = LayerRef(result.descriptor, result.diff_id)
+        chain = chain_id([x.diff_id for x in state.layers] + [result.diff_id])
+        assert chain is not None
+        self.store.snapshots.commit(upper, chain)
+        self.chains.append(chain)
+        self.store.cache.put(state.key, CacheRecord(result.descriptor, result.diff_id))
+        self.add_layer(state, ref, canonical)
+
+    def add_layer(self, state: _State, ref: LayerRef, canonical: str) -> None:
+        state.layers.append(ref)
+        state.config = state.config.with_layer(ref.diff_id, History(created=self.created, created_by=canonical,
+                                                                    comment=HISTORY_COMMENT))
+
+    def from_cache(self, state: _State, canonical: str) -> bool:
+        if self.opts.no_cache:
+            return False
+        rec = self.store.cache.get(state.key)
+        if rec is None:
+            return False
+        if rec.layer is None:
+            state.config = state.config.with_history(History(created=self.created, created_by=canonical,
+                                                             comment=HISTORY_COMMENT, empty_layer=True))
+            return True
+        if not self.store.content.has(rec.layer.digest):
+            return False
+        self.add_layer(state, LayerRef(rec.layer, rec.diff_id), canonical)  # type: ignore[arg-type]
+        chain = chain_id([x.diff_id for x in state.layers])
+        if chain is not None:
+            self.chains.append(chain)
+        return True
+
+    def step_workdir(self, ins: df.Workdir, state: _State, env: dict[str, str]) -> bool:
+        path = self.expand(ins, ins.path, env)
+        cur = state.config.config.WorkingDir or "/"
+        new = posixpath.normpath(posixpath.join(cur, path)) if path else cur
+        if new.startswith("//"):
+            new = "/" + new.lstrip("/")
+        self.set_config(state, WorkingDir=new)
+        canonical = f"WORKDIR {new}"
+        state.key = _h(state.key, canonical)
+        self.keys.append(state.key)
+        if new == "/":
+            return self.record_meta_keyed(state, canonical)
+        if self.from_cache(state, canonical):
+            return True
+        lower = self.lower_dirs(state)
+        view = StackView(lower)
+        if view.lstat(view.resolve(new)) is not None:
+            return self.record_meta_keyed(state, canonical)
+        upper = self.store.snapshots.prepare()
+        try:
+            user = state.config.config.User
+            owner = None
+            if user:
+                try:
+                    owner = resolve_owner(user, view)
+                except PybuildError:
+                    owner = None
+            item = CopyItem(new, SrcStat("dir", 0o755, 0, 0, 0, 0), data=None)
+            apply_items([item], upper, lower, owner=owner)
+            self.commit_upper(ins, state, upper, canonical)
+        except BaseException:
+            shutil.rmtree(upper, ignore_errors=True)
+            raise
+        return False
+
+    def record_meta_keyed(self, state: _State, canonical: str) -> bool:
+        hit = not self.opts.no_cache and self.store.cache.get(state.key) is not None
+        if not hit:
+            self.store.cache.put(state.key, CacheRecord())
+        state.config = state.config.with_history(History(created=self.created, created_by=canonical,
+                                                         comment=HISTORY_COMMENT, empty_layer=True))
+        return hit
+
+    def step_copy(self, dockerfile: df.Dockerfile, stage: df.Stage, ins: df.Copy | df.Add, state: _State,
+                  states: dict[int, _State], env: dict[str, str]) -> bool:
+        where = ""
+        srcs = [self.expand(ins, s, env) for s in ins.sources]
+        dest = self.expand(ins, ins.dest, env)
+        if not dest:
+            raise self.err(ins, f"{ins.cmd} has an empty destination")
+        chown = self.expand(ins, ins.chown, env) if ins.chown else None
+        chmod = parse_chmod(self.expand(ins, ins.chmod, env), where) if ins.chmod else None
+        excludes = [self.expand(ins, e, env) for e in ins.exclude]
+        heredocs = []
+        for h in ins.heredocs:
+            body = h.content
+            if h.expand:
+                try:
+                    body = expand_heredoc(body, env)
+                except ExpansionError as e:
+                    raise df.expansion_error(e, ins, self.file) from None
+            heredocs.append((h.name, body.encode()))
+        workdir = state.config.config.WorkingDir or "/"
+        keep_owner = False
+        fs: SourceFS
+        input_digest: str
+        from_ = ins.from_ if isinstance(ins, df.Copy) else None
+        is_add = isinstance(ins, df.Add)
+        if is_add:
+            for s in srcs:
+                if "://" in s or s.startswith("git@"):
+                    raise self.err(ins, f"ADD from a URL ({s}) is not supported yet",
+                                   hint="download the file into the context and COPY it")
+        if from_:
+            ref = self.expand(ins, from_, env)
+            idx = dockerfile.resolve_stage(ref, stage.index, line=ins.line)
+            if idx is not None:
+                src_state = states[idx]
+                view = StackView(self.store.snapshots.ensure(src_state.layers))
+                input_digest = _h("stage", (chain_id([x.diff_id for x in src_state.layers]) or Digest.of(b"")).hex)
+            else:
+                try:
+                    img = self.resolver.resolve(ref, self.platform)
+                except PybuildError as e:
+                    raise DockerfileError(f"COPY --from={ref}: {e.message}", file=self.file, line=ins.line,
+                                          text=ins.original.splitlines()[0], hint=e.hint) from None
+                layers = [LayerRef(d, i) for d, i in zip(img.manifest.layers, img.config.diff_ids)]
+                view = StackView(self.store.snapshots.ensure(layers))
+                input_digest = _h("image", str(img.descriptor.digest))
+            fs = ImageFS(view)
+            keep_owner = True
+            matched_paths: list[str] = []
+        else:
+            fs = self.opts.context.fs()
+            matched_paths = self.opts.context.expand_sources(srcs)
+            input_digest = self.opts.context.digest(matched_paths)
+        canonical = (f"{ins.cmd} " + " ".join(
+            ([f"--from={from_}"] if from_ else []) + ([f"--chown={chown}"] if chown else []) +
+            ([f"--chmod={ins.chmod}"] if chmod is not None else []) + (["--link"] if ins.link else []) +
+            (["--parents"] if getattr(ins, "parents", False) else []) +
+            [f"--exclude={e}" for e in excludes] + srcs + [h for h, _ in heredocs] + [dest]))
+        state.key = _h(state.key, canonical, input_digest, *[hashlib.sha256(b).hexdigest() for _, b in heredocs])
+        self.keys.append(state.key)
+        if self.from_cache(state, canonical):
+            return True
+        lower = [] if ins.link else self.lower_dirs(state)
+        view = StackView(lower)
+        exclude_fn = self.opts.context.exclude_matcher(excludes) if excludes else None
+        items: list[CopyItem] = []
+        tmpdirs: list[str] = []
+        try:
+            if srcs:
+                where = f"{self.file}:{ins.line}: "
+                try:
+                    if is_add:
+                        items = self.add_items(fs, srcs, dest, workdir, view, tmpdirs, exclude_fn, where)
+                    else:
+                        items = plan_sources(fs, srcs, dest, workdir, view,
+                                             parents=bool(getattr(ins, "parents", False)),
+                                             exclude=exclude_fn, where=where)
+                except BuildError as e:
+                    raise DockerfileError(e.message.removeprefix(where), file=self.file, line=ins.line,
+                                          text=ins.original.splitlines()[0], hint=e.hint) from None
+            for name, body in heredocs:
+                d_abs = dest if dest.startswith("/") else posixpath.join(workdir, dest)
+                target = posixpath.join(d_abs, name) if dest.endswith("/") else d_abs
+                items.append(CopyItem(posixpath.normpath(target), SrcStat("file", 0o644, 0, 0, len(body), 0),
+                                      data=body))
+            owner = resolve_owner(chown, StackView(self.lower_dirs(state)), f"{self.file}:{ins.line}: ") \
+                if chown else None
+            upper = self.store.snapshots.prepare()
+            try:
+                apply_items(items, upper, lower, owner=owner, keep_owner=keep_owner, chmod=chmod)
+                self.commit_upper(ins, state, upper, canonical)
+            except BaseException:
+                shutil.rmtree(upper, ignore_errors=True)
+                raise
+        finally:
+            for t in tmpdirs:
+                shutil.rmtree(t, ignore_errors=True)
+        return False
+
+    def add_items(self, fs: SourceFS, srcs: list[str], dest: str, workdir: str, view: StackView,
+                  tmpdirs: list[str], exclude_fn: Any, where: str) -> list[CopyItem]:
+        """ADD: like COPY, but local tar archives (by content) are extracted into ``dest``."""
+        from pybuild.store.layers import extract_layer, open_decompressed
+        plain: list[str] = []
+        items: list[CopyItem] = []
+        for s in srcs:
+            archive = self.opts.context.archive_path(s)
+            if archive is None:
+                plain.append(s)
+                continue
+            tmp = tempfile.mkdtemp(dir=self.store.snapshots_dir, prefix=".tmp-add-")
+            tmpdirs.append(tmp)
+            with open(archive, "rb") as f:
+                extract_layer(open_decompressed(f), tmp, mode="apply")  # type: ignore[arg-type]
+            from .context_fs import DirFS
+            d = dest if dest.endswith("/") else dest + "/"
+            items.extend(dataclasses.replace(it, keep_owner=True)
+                         for it in plan_sources(DirFS(Path(tmp)), ["."], d, workdir, view, where=where))
+        if plain:
+            items[:0] = plan_sources(fs, plain, dest, workdir, view, exclude=exclude_fn, where=where)
+        return items
+
+
+def build(store: Store, opts: BuildOptions, resolver: ImageResolver | None = None,
+          progress: Progress | None = None) -> BuildResult:
+    """Build ``opts`` into ``store``. Raises DockerfileError (file:line), BuildError, UserError."""
+    dockerfile = df.parse(opts.dockerfile_text, opts.dockerfile_name)
+    with store.lease():
+        b = _Builder(store, opts, resolver or StoreResolver(store), progress or Progress())
+        return b.run(dockerfile)

@@ -1,0 +1,390 @@
+"""COPY and ADD semantics: from sources (context, stage, image, heredoc, archive) into an upper dir.
+
+The engine writes what a COPY/ADD step adds into a fresh *upper* directory laid over the stage's
+snapshots, exactly as an overlay upper dir would hold it (parents copied up with their lower
+metadata), so the same "upper dir → layer" path serves COPY and RUN. Docker's rules:
+
+- a directory source copies its *contents*; a file source goes to ``dest`` itself, or into it
+  when ``dest`` ends with ``/``, names an existing directory, or several sources are given;
+- several source arguments need a destination ending in ``/``;
+- a symlink named as a source is followed; symlinks inside copied directories are kept;
+- a relative ``dest`` is relative to WORKDIR; the destination is resolved inside the image, so
+  a path through an existing symlink stays inside the image;
+- files from the context are owned by 0:0, files from a stage or image keep their owner, unless
+  ``--chown``; ``--chmod`` sets the mode of every copied file and directory; hardlinks inside one
+  copy are kept.
+"""
+from __future__ import annotations
+
+import fnmatch
+import os
+import posixpath
+import shutil
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Callable, Protocol
+
+from pybuild.errors import BuildError, UserError
+from pybuild.store.snapshots import StackView, is_whiteout
+
+__all__ = ["SourceFS", "SrcStat", "ImageFS", "CopyItem", "plan_sources", "apply_items", "Owner",
+           "resolve_owner", "has_wildcard"]
+
+_WILDCARDS = set("*?[")
+
+
+@dataclass(frozen=True)
+class SrcStat:
+    """What the engine needs to know of a source entry."""
+
+    kind: str  # file, dir, symlink, char, block, fifo
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    mtime: float
+    linkname: str = ""
+    rdev: int = 0
+    inode: tuple[int, int] | None = None
+
+
+class SourceFS(Protocol):
+    """A tree COPY reads from. Paths are ``/``-separated, relative to the tree's root, no ``..``."""
+
+    def lstat(self, path: str) -> SrcStat | None: ...
+    def resolve(self, path: str) -> str: ...
+    def children(self, path: str) -> list[str]: ...
+    def open(self, path: str) -> BinaryIO: ...
+    def all_paths(self) -> list[str]: ...
+
+
+def has_wildcard(p: str) -> bool:
+    return any(c in _WILDCARDS for c in p)
+
+
+def _kind(mode: int) -> str:
+    fmt = stat.S_IFMT(mode)
+    return {stat.S_IFREG: "file", stat.S_IFDIR: "dir", stat.S_IFLNK: "symlink", stat.S_IFCHR: "char",
+            stat.S_IFBLK: "block", stat.S_IFIFO: "fifo"}.get(fmt, "other")
+
+
+def stat_to_src(st: os.stat_result, linkname: str = "") -> SrcStat:
+    return SrcStat(_kind(st.st_mode), stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_size,
+                   st.st_mtime, linkname, st.st_rdev, (st.st_dev, st.st_ino) if st.st_nlink > 1 else None)
+
+
+class ImageFS:
+    """A stage's or image's merged file system as a copy source (over a StackView)."""
+
+    def __init__(self, view: StackView) -> None:
+        self.view = view
+
+    def lstat(self, path: str) -> SrcStat | None:
+        hp = self.view.host_path("/" + path, follow_final=False)
+        if hp is None:
+            return None
+        st = os.lstat(hp)
+        if is_whiteout(st):
+            return None
+        return stat_to_src(st, os.readlink(hp) if stat.S_ISLNK(st.st_mode) else "")
+
+    def resolve(self, path: str) -> str:
+        return self.view.resolve("/" + path).lstrip("/")
+
+    def children(self, path: str) -> list[str]:
+        return self.view.listdir("/" + path)
+
+    def open(self, path: str) -> BinaryIO:
+        hp = self.view.host_path("/" + path, follow_final=False)
+        if hp is None:
+            raise FileNotFoundError(path)
+        return open(hp, "rb")
+
+    def all_paths(self) -> list[str]:
+        return [p.lstrip("/") for p, _, _ in self.view.walk("/")]
+
+
+@dataclass(frozen=True)
+class CopyItem:
+    """One entry to place: ``dest`` is an absolute image path; content from ``fs``/``src``
+    (or ``data`` for heredocs)."""
+
+    dest: str
+    st: SrcStat
+    fs: SourceFS | None = None
+    src: str = ""
+    data: bytes | None = None
+    keep_owner: bool = False
+
+
+def _clean(p: str) -> str:
+    c = posixpath.normpath("/" + p)
+    return "/" if c in ("/", "//") else c
+
+
+def match_pattern(fs: SourceFS, pattern: str) -> list[str]:
+    """Source paths for one COPY source word: a literal path if it exists (even when it looks like
+    a wildcard), else the paths whose every segment matches (Go filepath.Match semantics)."""
+    p = _clean(pattern).lstrip("/")
+    if p == "":
+        return [""]
+    if fs.lstat(p) is not None or not has_wildcard(p):
+        return [p]
+    segs = p.split("/")
+    out = []
+    for cand in fs.all_paths():
+        cs = cand.split("/")
+        if len(cs) == len(segs) and all(_seg_match(c, s) for c, s in zip(cs, segs)):
+            out.append(cand)
+    return sorted(out)
+
+
+def _seg_match(name: str, pattern: str) -> bool:
+    # Go's filepath.Match lets * match a leading dot, as fnmatchcase does; fnmatch translates [!x] like Go's [^x]; Go also accepts [^x].
+    return fnmatch.fnmatchcase(name, pattern.replace("[^", "[!"))
+
+
+def plan_sources(fs: SourceFS, patterns: list[str], dest: str, workdir: str, view: StackView,
+                 *, parents: bool = False, exclude: Callable[[str], bool] | None = None,
+                 where: str = "") -> list[CopyItem]:
+    """Expand the source words against ``fs`` and place every entry under ``dest``.
+
+    Raises BuildError naming the missing source (``where`` prefixes the message), or when
+    several sources meet a destination without a trailing ``/``.
+    """
+    dest_abs = _clean(dest if dest.startswith("/") else posixpath.join(workdir or "/", dest))
+    dest_dirish = dest.endswith("/") or dest.endswith("/.") or dest in (".", "..")
+    matches: list[tuple[str, str]] = []  # (pattern, path)
+    for pat in patterns:
+        found = match_pattern(fs, pat)
+        if not found or (len(found) == 1 and not has_wildcard(pat) and found[0] and fs.lstat(found[0]) is None):
+            if has_wildcard(pat):
+                continue  # like BuildKit: a wildcard that matches nothing copies nothing
+            raise BuildError(f"{where}COPY source {pat!r} not found in the build context"
+                             if where else f"source {pat!r} not found",
+                             hint="paths are relative to the context root; check .dockerignore")
+        matches.extend((pat, f) for f in found)
+    if len(patterns) > 1 and not dest_dirish:
+        raise BuildError(f"{where}when copying several sources, the destination must be a directory "
+                         f"and end with a /", hint=f"write {dest}/")
+    if len(matches) > 1:
+        dest_dirish = True
+    if not dest_dirish and len(matches) == 1:
+        existing = view.lstat(view.resolve(dest_abs))
+        if existing is not None and stat.S_ISDIR(existing.st_mode):
+            dest_dirish = True
+    items: list[CopyItem] = []
+    for pat, path in matches:
+        real = fs.resolve(path) if path else ""
+        st = fs.lstat(real) if real else SrcStat("dir", 0o755, 0, 0, 0, 0)
+        if st is None:
+            raise BuildError(f"{where}COPY source {pat!r} is a broken symlink", hint="fix the link in the context")
+        if parents:
+            base = path.split("/./", 1)[1] if "/./" in path else path
+            target = _clean(posixpath.join(dest_abs, base))
+            if st.kind == "dir":
+                _add_parents(items, fs, path, dest_abs, base, exclude)
+                items.append(CopyItem(target, st, fs, real))
+                _walk_into(items, fs, real, target, exclude)
+            else:
+                _add_parents(items, fs, path, dest_abs, base, exclude)
+                items.append(CopyItem(target, st, fs, real))
+            continue
+        if st.kind == "dir":
+            _walk_into(items, fs, real, dest_abs, exclude)
+        else:
+            target = _clean(posixpath.join(dest_abs, posixpath.basename(path))) if dest_dirish else dest_abs
+            items.append(CopyItem(target, st, fs, real))
+    return items
+
+
+def _add_parents(items: list[CopyItem], fs: SourceFS, path: str, dest_abs: str, base: str,
+                 exclude: Callable[[str], bool] | None) -> None:
+    """For --parents: the source's parent directories, with their own metadata."""
+    parts = base.split("/")[:-1]
+    prefix = path[: len(path) - len(base)]
+    for i in range(1, len(parts) + 1):
+        sub = "/".join(parts[:i])
+        st = fs.lstat(prefix + sub)
+        if st is not None and st.kind == "dir":
+            items.append(CopyItem(_clean(posixpath.join(dest_abs, sub)), st, fs, prefix + sub))
+
+
+def _walk_into(items: list[CopyItem], fs: SourceFS, src_dir: str, dest_dir: str,
+               exclude: Callable[[str], bool] | None) -> None:
+    for name in fs.children(src_dir):
+        sp = f"{src_dir}/{name}" if src_dir else name
+        if exclude is not None and exclude(sp):
+            continue
+        st = fs.lstat(sp)
+        if st is None:
+            continue
+        dp = _clean(posixpath.join(dest_dir, name))
+        items.append(CopyItem(dp, st, fs, sp))
+        if st.kind == "dir":
+            _walk_into(items, fs, sp, dp, exclude)
+
+
+# -- ownership -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Owner:
+    uid: int
+    gid: int
+
+
+def _db(view: StackView, path: str) -> dict[str, list[str]]:
+    data = view.read_bytes(path)
+    out: dict[str, list[str]] = {}
+    if data:
+        for line in data.decode(errors="replace").splitlines():
+            f = line.split(":")
+            if len(f) >= 3 and f[0] and not line.startswith("#"):
+                out.setdefault(f[0], f)
+    return out
+
+
+def resolve_owner(spec: str, view: StackView, where: str = "") -> Owner:
+    """``user[:group]`` (names looked up in the image's /etc/passwd and /etc/group, or numbers).
+    Without a group the gid equals the uid (docker's rule). Raises UserError for unknown names."""
+    user, _, group = spec.partition(":")
+    passwd = None
+
+    def lookup_user(u: str) -> int:
+        nonlocal passwd
+        if u.isdigit():
+            return int(u)
+        passwd = passwd if passwd is not None else _db(view, "/etc/passwd")
+        if u in passwd:
+            return int(passwd[u][2])
+        raise UserError(f"{where}unable to find user {u!r} in the image's /etc/passwd",
+                        hint="use a numeric uid, or create the user first")
+
+    def lookup_group(g: str) -> int:
+        if g.isdigit():
+            return int(g)
+        groups = _db(view, "/etc/group")
+        if g in groups:
+            return int(groups[g][2])
+        raise UserError(f"{where}unable to find group {g!r} in the image's /etc/group",
+                        hint="use a numeric gid, or create the group first")
+
+    if not user:
+        raise UserError(f"{where}--chown needs a user", hint="--chown=user[:group]")
+    uid = lookup_user(user)
+    gid = lookup_group(group) if group else uid
+    return Owner(uid, gid)
+
+
+def parse_chmod(spec: str, where: str = "") -> int:
+    try:
+        mode = int(spec, 8)
+        if not 0 <= mode <= 0o7777:
+            raise ValueError
+        return mode
+    except ValueError:
+        raise UserError(f"{where}invalid --chmod={spec!r}: only octal modes are supported",
+                        hint="e.g. --chmod=0755") from None
+
+
+# -- writing into the upper dir ------------------------------------------------------------------
+
+def _ensure_parent(upper: Path, lower: StackView, merged: StackView, parent: str,
+                   new_owner: Owner | None) -> Path:
+    """Make sure the (resolved) image dir ``parent`` exists in upper, copying metadata up."""
+    parts = [p for p in parent.split("/") if p]
+    cur = upper
+    img = ""
+    for part in parts:
+        img += "/" + part
+        cur = cur / part
+        try:
+            st = os.lstat(cur)
+            if stat.S_ISDIR(st.st_mode):
+                continue
+            cur.unlink()  # a non-directory in upper where a directory is needed
+        except FileNotFoundError:
+            pass
+        low = lower.lstat(img)
+        os.mkdir(cur)
+        if low is not None and stat.S_ISDIR(low.st_mode):
+            os.chmod(cur, stat.S_IMODE(low.st_mode))
+            os.lchown(cur, low.st_uid, low.st_gid)
+            os.utime(cur, ns=(low.st_atime_ns, low.st_mtime_ns))
+        else:
+            os.chmod(cur, 0o755)
+            if new_owner:
+                os.lchown(cur, new_owner.uid, new_owner.gid)
+    return cur
+
+
+def apply_items(items: list[CopyItem], upper: Path, lower_dirs: list[Path], *,
+                owner: Owner | None = None, keep_owner: bool = False, chmod: int | None = None) -> int:
+    """Write ``items`` into ``upper`` (laid over ``lower_dirs``). Returns the number written.
+
+    ``keep_owner`` keeps the source uid/gid (stage/image sources); otherwise 0:0. ``owner``
+    (from --chown) wins over both; ``chmod`` replaces the mode of files and directories.
+    """
+    lower = StackView(lower_dirs)
+    merged = StackView(list(lower_dirs) + [upper])
+    links: dict[tuple[int, int], Path] = {}
+    n = 0
+    for it in items:
+        resolved_parent = merged.resolve(posixpath.dirname(it.dest) or "/")
+        name = posixpath.basename(it.dest)
+        if not name:  # copying onto "/" itself: only metadata, nothing to create
+            continue
+        parent = _ensure_parent(upper, lower, merged, resolved_parent, owner)
+        target = parent / name
+        st = it.st
+        if os.path.lexists(target) and not (st.kind == "dir" and target.is_dir() and not target.is_symlink()):
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            else:
+                target.unlink()
+        uid, gid = (st.uid, st.gid) if keep_owner or it.keep_owner else (0, 0)
+        if owner is not None:
+            uid, gid = owner.uid, owner.gid
+        mode = st.mode if chmod is None else chmod
+        if st.kind == "dir":
+            if not target.is_dir():
+                os.mkdir(target)
+        elif st.kind == "file":
+            if st.inode is not None and st.inode in links and it.data is None:
+                os.link(links[st.inode], target)
+                n += 1
+                continue
+            _write_file(target, it)
+            if st.inode is not None:
+                links[st.inode] = target
+        elif st.kind == "symlink":
+            os.symlink(st.linkname, target)
+        elif st.kind in ("char", "block"):
+            try:
+                os.mknod(target, (stat.S_IFCHR if st.kind == "char" else stat.S_IFBLK) | 0o600, st.rdev)
+            except PermissionError:
+                continue
+        elif st.kind == "fifo":
+            os.mkfifo(target, 0o600)
+        else:
+            continue
+        os.lchown(target, uid, gid)
+        if st.kind != "symlink":
+            os.chmod(target, mode)
+        try:
+            os.utime(target, (st.mtime, st.mtime), follow_symlinks=False)
+        except OSError:
+            pass
+        n += 1
+    return n
+
+
+def _write_file(target: Path, it: CopyItem) -> None:
+    if it.data is not None:
+        target.write_bytes(it.data)
+        return
+    assert it.fs is not None
+    with it.fs.open(it.src) as src, open(target, "xb") as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+

@@ -1,0 +1,275 @@
+"""Snapshots: each layer extracted once into ``snapshots/<chain id hex>/``, in overlayfs form.
+
+A snapshot directory holds one layer's diff with whiteouts as overlayfs expects them (0/0
+character devices, ``trusted.overlay.opaque=y`` on opaque directories), so a stack of snapshots
+can be mounted as overlay lower dirs as it is. Extraction verifies the blob digest and the diff_id
+and happens in a temp directory renamed into place, so a half-made snapshot is never visible.
+``prepare`` gives a fresh upper directory; ``commit`` renames it into place under its chain id
+(the committed upper dir *is* the next lower dir: nothing is re-extracted).
+
+``StackView`` reads a stack of snapshot dirs as one merged tree without mounting anything.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+import stat
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Iterator, Sequence
+
+from pybuild.errors import DigestMismatch, InvalidArchive
+from pybuild.oci import Descriptor, Digest, chain_ids
+
+from .content import ContentStore
+from .fsutil import fsync_dir
+from .layers import extract_layer, open_decompressed
+
+__all__ = ["LayerRef", "Snapshots", "StackView", "is_whiteout", "is_opaque"]
+
+
+@dataclass(frozen=True)
+class LayerRef:
+    """A layer of an image: the blob descriptor and the uncompressed diff_id."""
+
+    descriptor: Descriptor
+    diff_id: Digest
+
+
+class _HashingReader(io.RawIOBase):
+    def __init__(self, f: BinaryIO) -> None:
+        self._f = f
+        self.hasher = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        data = self._f.read(len(b))
+        n = len(data)
+        b[:n] = data
+        self.hasher.update(data)
+        return n
+
+
+class Snapshots:
+    """Snapshot directories under ``root``. The constructor does no I/O."""
+
+    def __init__(self, root: str | os.PathLike[str], content: ContentStore) -> None:
+        self.root = Path(root)
+        self.content = content
+
+    def path(self, chain: Digest) -> Path:
+        return self.root / chain.hex
+
+    def exists(self, chain: Digest) -> bool:
+        return self.path(chain).is_dir()
+
+    def ensure(self, layers: Sequence[LayerRef]) -> list[Path]:
+        """Extract every layer of the stack that is not extracted yet; return the dirs, bottom first.
+
+        Raises DigestMismatch when a blob or its diff_id does not verify, InvalidArchive/UnsafeLayer
+        for bad tars. Call inside a store lease.
+        """
+        out = []
+        for ref, chain in zip(layers, chain_ids([x.diff_id for x in layers])):
+            p = self.path(chain)
+            if not p.is_dir():
+                self._extract(ref, p)
+            out.append(p)
+        return out
+
+    def _extract(self, ref: LayerRef, dest: Path) -> None:
+        tmp = self.root / f".tmp-{uuid.uuid4().hex}"
+        tmp.mkdir(parents=True)
+        try:
+            with self.content.open_blob(ref.descriptor.digest, ref.descriptor.size) as blob:
+                hashing = _HashingReader(open_decompressed(blob, ref.descriptor.media_type))  # type: ignore[arg-type]
+                extract_layer(hashing, tmp, mode="overlay")  # type: ignore[arg-type]
+                while hashing.read(1 << 20):
+                    pass
+                blob.finish()
+            got = Digest("sha256", hashing.hasher.hexdigest())
+            if got != ref.diff_id:
+                raise DigestMismatch(f"layer {ref.descriptor.digest} uncompresses to {got}, "
+                                     f"but the image config says {ref.diff_id}",
+                                     expected=str(ref.diff_id), actual=str(got))
+            os.chmod(tmp, 0o755)
+            self._publish(tmp, dest)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def _publish(self, tmp: Path, dest: Path) -> None:
+        try:
+            os.rename(tmp, dest)
+        except OSError:
+            if dest.is_dir():  # another process made it first: same content by construction
+                shutil.rmtree(tmp, ignore_errors=True)
+                return
+            raise
+        fsync_dir(self.root)
+
+    def prepare(self) -> Path:
+        """A fresh, empty upper directory (not visible as a snapshot until ``commit``)."""
+        p = self.root / f".tmp-{uuid.uuid4().hex}"
+        p.mkdir(parents=True, mode=0o755)
+        os.chmod(p, 0o755)
+        return p
+
+    def commit(self, upper: Path, chain: Digest) -> Path:
+        """Make ``upper`` the snapshot for ``chain`` (dropping it if one exists already)."""
+        dest = self.path(chain)
+        if dest.is_dir():
+            shutil.rmtree(upper, ignore_errors=True)
+            return dest
+        self._publish(upper, dest)
+        return dest
+
+    def remove(self, p: Path) -> None:
+        shutil.rmtree(p, ignore_errors=True)
+
+    def sweep_temps(self) -> int:
+        """Remove half-made snapshots (``.tmp-*``); call only while holding the store exclusively."""
+        n = 0
+        if self.root.is_dir():
+            for p in self.root.glob(".tmp-*"):
+                shutil.rmtree(p, ignore_errors=True)
+                n += 1
+        return n
+
+
+def is_whiteout(st: os.stat_result) -> bool:
+    """An overlayfs whiteout: a character device 0/0."""
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+
+def is_opaque(path: str | os.PathLike[str]) -> bool:
+    for name in ("trusted.overlay.opaque", "user.overlay.opaque"):
+        try:
+            if os.getxattr(path, name, follow_symlinks=False) == b"y":
+                return True
+        except OSError:
+            continue
+    return False
+
+
+class StackView:
+    """A read-only merged view of snapshot dirs (``dirs`` bottom first), with overlay rules.
+
+    Paths are absolute image paths (``/etc/passwd``). Symlinks are resolved inside the image.
+    """
+
+    def __init__(self, dirs: Sequence[Path]) -> None:
+        self.top_first = list(reversed(dirs))
+
+    def _lookup(self, parts: list[str]) -> tuple[Path, os.stat_result] | None:
+        """The topmost real entry for a path whose parents contain no symlinks."""
+        for d in self.top_first:
+            # Is some parent hidden in this layer (whiteout, non-dir, or opaque below which we stop)?
+            cur = d
+            blocked = False
+            for i, part in enumerate(parts):
+                p = cur / part
+                try:
+                    st = os.lstat(p)
+                except FileNotFoundError:
+                    st = None
+                if st is None:
+                    break
+                if i == len(parts) - 1:
+                    if is_whiteout(st):
+                        return None
+                    return p, st
+                if not stat.S_ISDIR(st.st_mode):
+                    return None  # a file/whiteout in this layer hides everything below the path
+                cur = p
+                if is_opaque(p):
+                    blocked = True
+            else:
+                if not parts:
+                    return d, os.lstat(d)
+            if blocked:
+                # The path's parent in this layer is opaque (or an ancestor): lower layers are hidden.
+                return None
+        return None
+
+    def lstat(self, path: str) -> os.stat_result | None:
+        """lstat of an image path without following a final symlink (None when absent)."""
+        found = self._lookup(self._parts(self.resolve(path, follow_final=False)))
+        return found[1] if found else None
+
+    def host_path(self, path: str, follow_final: bool = True) -> Path | None:
+        """The file in a snapshot dir that backs ``path`` (None when absent)."""
+        found = self._lookup(self._parts(self.resolve(path, follow_final=follow_final)))
+        return found[0] if found else None
+
+    @staticmethod
+    def _parts(path: str) -> list[str]:
+        return [p for p in path.split("/") if p and p != "."]
+
+    def resolve(self, path: str, follow_final: bool = True) -> str:
+        """Resolve symlinks in ``path`` inside the image (as if its root were ``/``)."""
+        todo = list(reversed(self._parts(path)))
+        cur: list[str] = []
+        links = 0
+        while todo:
+            part = todo.pop()
+            if part == "..":
+                if cur:
+                    cur.pop()
+                continue
+            found = self._lookup(cur + [part])
+            if found and stat.S_ISLNK(found[1].st_mode) and (todo or follow_final):
+                links += 1
+                if links > 255:
+                    raise InvalidArchive(f"too many levels of symbolic links resolving {path!r} in the image")
+                target = os.readlink(found[0])
+                if target.startswith("/"):
+                    cur = []
+                todo.extend(reversed([p for p in target.split("/") if p and p != "."]))
+                continue
+            cur.append(part)
+        return "/" + "/".join(cur)
+
+    def listdir(self, path: str) -> list[str]:
+        """Merged directory listing (sorted), honouring whiteouts and opaque directories."""
+        parts = self._parts(self.resolve(path))
+        names: dict[str, bool] = {}
+        for d in self.top_first:
+            p = d.joinpath(*parts)
+            try:
+                st = os.lstat(p)
+            except FileNotFoundError:
+                continue
+            if not stat.S_ISDIR(st.st_mode):
+                break
+            with os.scandir(p) as it:
+                for e in it:
+                    if e.name not in names:
+                        names[e.name] = is_whiteout(e.stat(follow_symlinks=False))
+            if is_opaque(p):
+                break
+        return sorted(n for n, wh in names.items() if not wh)
+
+    def read_bytes(self, path: str, limit: int = 16 << 20) -> bytes | None:
+        """Content of a regular file (following symlinks), or None when absent / not a file."""
+        hp = self.host_path(path)
+        if hp is None or not hp.is_file():
+            return None
+        with open(hp, "rb") as f:
+            return f.read(limit)
+
+    def walk(self, path: str) -> Iterator[tuple[str, Path, os.stat_result]]:
+        """Every entry below ``path`` (image path, backing file, lstat), parents first, sorted."""
+        for name in self.listdir(path):
+            child = path.rstrip("/") + "/" + name
+            found = self._lookup(self._parts(self.resolve(child, follow_final=False)))
+            if not found:
+                continue
+            yield child, found[0], found[1]
+            if stat.S_ISDIR(found[1].st_mode):
+                yield from self.walk(child)
