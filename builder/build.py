@@ -268,11 +268,11 @@ class _Builder:
                     raise BuildError(f"{self.file}:{fr.line}: ONBUILD trigger {raw!r} of the base image is invalid: "
                                      f"{e.reason}") from None
                 self.progress.line(f"{label} ONBUILD {ins.logical}")
-                self.step(dockerfile, stage, ins, state, states)
+                self.guarded_step(dockerfile, stage, ins, state, states)
         for k, ins in enumerate(stage.instructions, 2):
             self.progress.line(f"{label} STEP {k}/{total}: {ins.logical}")
             t0 = time.monotonic()
-            cached = self.step(dockerfile, stage, ins, state, states)
+            cached = self.guarded_step(dockerfile, stage, ins, state, states)
             self.total += 1
             if cached:
                 self.cached += 1
@@ -331,6 +331,17 @@ class _Builder:
         return state
 
     # -- steps -----------------------------------------------------------------------------------
+    def guarded_step(self, dockerfile: df.Dockerfile, stage: df.Stage, ins: df.Instruction, state: _State,
+                     states: dict[int, _State]) -> bool:
+        """Run one step; any error that does not already say where gets the step's file:line."""
+        try:
+            return self.step(dockerfile, stage, ins, state, states)
+        except DockerfileError:
+            raise
+        except (UserError, BuildError) as e:
+            raise DockerfileError(e.message, file=self.file, line=ins.line,
+                                  text=ins.original.splitlines()[0] if ins.original else "", hint=e.hint) from None
+
     def record_meta(self, state: _State, ins: df.Instruction, canonical: str, history: bool = True) -> bool:
         """Advance the key for a metadata step; returns True when it was seen before (CACHED)."""
         state.key = _h(state.key, canonical)

@@ -1,0 +1,215 @@
+"""`pybuild build`: determinism, the build cache, outputs, contexts and errors (no RUN)."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+from pybuild.builder.build import BuildOptions, Progress, build
+from pybuild.builder.context import open_build_context
+from pybuild.store.gc import collect
+from pybuild.store.store import Store
+
+from conftest import PB
+
+DOCKERFILE = """\
+FROM busybox AS base
+ARG VERSION=1
+ENV APP=/app
+WORKDIR $APP
+COPY a.txt ./
+COPY dir/ ./dir/
+LABEL version=$VERSION
+FROM base
+COPY b.txt /b.txt
+CMD ["cat", "/app/a.txt"]
+"""
+
+
+def make_ctx(root: Path) -> Path:
+    (root / "dir/sub").mkdir(parents=True)
+    (root / "a.txt").write_text("a\n")
+    (root / "b.txt").write_text("b\n")
+    (root / "dir/sub/c.txt").write_text("c\n")
+    (root / "Dockerfile").write_text(DOCKERFILE)
+    return root
+
+
+def steps(out: str) -> list[tuple[str, str]]:
+    """(step, result) for every finished step: result is CACHED or DONE."""
+    res = []
+    for line in out.splitlines():
+        if ": CACHED" in line or ": DONE" in line:
+            head, _, tail = line.rpartition(": ")
+            res.append((head, tail.split()[0]))
+    return res
+
+
+def blobs(root: Path) -> set[str]:
+    return {p.name for p in (root / "blobs/sha256").iterdir()}
+
+
+def test_same_context_twice_into_two_empty_stores_gives_the_same_digest(busybox_tar: Path,
+                                                                         tmp_path: Path) -> None:
+    ctx = make_ctx(tmp_path / "ctx")
+    digests = []
+    for name in ("s1", "s2"):
+        pb = PB(tmp_path / name)
+        pb.run("import", str(busybox_tar), "busybox")
+        pb.run("build", "-t", "app", str(ctx))
+        digests.append(json.loads(pb.run("inspect", "app").out)[0]["Digest"])
+        os.utime(ctx / "a.txt", (1e9, 1e9))  # mtimes never matter
+    assert digests[0] == digests[1]
+
+
+def test_rebuild_is_all_cached_and_writes_no_blob(pb_busybox: PB, tmp_path: Path) -> None:
+    ctx = make_ctx(tmp_path / "ctx")
+    first = pb_busybox.run("build", "--progress", "plain", "-t", "app", str(ctx)).out
+    assert any(r == "DONE" for _, r in steps(first) if "STEP 1/" not in _)
+    before = blobs(pb_busybox.root)
+    second = pb_busybox.run("build", "--progress", "plain", "-t", "app", str(ctx)).out
+    done = [s for s in steps(second) if "STEP 1/" not in s[0]]  # FROM lines are not cache steps
+    assert done and all(r == "CACHED" for _, r in done), second
+    assert blobs(pb_busybox.root) == before
+
+
+def test_one_changed_file_invalidates_exactly_its_step_and_later(pb_busybox: PB, tmp_path: Path) -> None:
+    ctx = make_ctx(tmp_path / "ctx")
+    pb_busybox.run("build", "-t", "app", str(ctx))
+    (ctx / "dir/sub/c.txt").write_text("changed\n")
+    out = pb_busybox.run("build", "--progress", "plain", "-t", "app", str(ctx)).out
+    res = {head.split("] ")[-1]: r for head, r in steps(out) if "STEP 1/" not in head}
+    stage1 = {k: v for k, v in res.items()}
+    assert [r for _, r in steps(out) if True][1:5] == ["CACHED"] * 4  # ARG ENV WORKDIR COPY a.txt
+    lines = [(h, r) for h, r in steps(out) if "STEP 1/" not in h]
+    assert [r for _, r in lines] == ["CACHED", "CACHED", "CACHED", "CACHED", "DONE", "DONE", "DONE", "DONE"], out
+    assert stage1
+
+
+def test_no_op_rebuild_hashes_no_file(pb_busybox: PB, tmp_path: Path) -> None:
+    ctx = make_ctx(tmp_path / "ctx")
+    time.sleep(0.3)  # files changed within 100 ms of hashing are not trusted to the stat cache
+    store = Store(pb_busybox.root)
+    hashed = []
+    for _ in range(2):
+        with open_build_context(str(ctx), None, cache_dir=store.metadata_dir) as bc:
+            r = build(store, BuildOptions(context=bc, dockerfile_text=bc.dockerfile_text, tags=("app",)),
+                      progress=Progress("quiet"))
+            hashed.append(bc.hashed_files)
+    assert hashed == [3, 0]
+    assert r.cached_steps == r.total_steps
+
+
+def test_no_cache_rebuilds_every_step(pb_busybox: PB, tmp_path: Path) -> None:
+    ctx = make_ctx(tmp_path / "ctx")
+    pb_busybox.run("build", "-t", "app", str(ctx))
+    out = pb_busybox.run("build", "--no-cache", "--progress", "plain", "-t", "app", str(ctx)).out
+    assert all(r == "DONE" for _, r in steps(out))
+
+
+def test_cache_survives_prune_while_the_image_is_tagged(pb_busybox: PB, tmp_path: Path) -> None:
+    ctx = make_ctx(tmp_path / "ctx")
+    pb_busybox.run("build", "-t", "app", str(ctx))
+    pb_busybox.run("prune")
+    out = pb_busybox.run("build", "--progress", "plain", "-t", "app", str(ctx)).out
+    assert all(r == "CACHED" for h, r in steps(out) if "STEP 1/" not in h)
+    pb_busybox.run("rmi", "app")
+    s = Store(pb_busybox.root)
+    collect(s)
+    assert s.cache.keys() == []  # untagged: its cache records went with it
+    out = pb_busybox.run("build", "--progress", "plain", "-t", "app", str(ctx)).out
+    assert all(r == "DONE" for h, r in steps(out) if "STEP 1/" not in h)
+
+
+def test_build_arg_and_target_and_label_and_iidfile(pb_busybox: PB, tmp_path: Path) -> None:
+    ctx = make_ctx(tmp_path / "ctx")
+    iid = tmp_path / "iid"
+    r = pb_busybox.run("build", "-t", "base:1", "--target", "BASE", "--build-arg", "VERSION=7",
+                       "--build-arg", "UNUSED=1", "--label", "team=x", "--iidfile", str(iid), str(ctx))
+    assert "UNUSED" in r.out and "not consumed" in r.out
+    info = json.loads(pb_busybox.run("inspect", "base:1").out)[0]
+    assert info["Config"]["Labels"] == {"version": "7", "team": "x"}
+    assert iid.read_text() == info["Id"]
+    assert "Cmd" not in info["Config"] or info["Config"]["Cmd"] != ["cat", "/app/a.txt"]
+    assert not any(e.startswith("VERSION=") for e in info["Config"]["Env"])  # ARGs never land in Env
+
+
+def test_outputs_oci_docker_local(pb_busybox: PB, tmp_path: Path) -> None:
+    ctx = make_ctx(tmp_path / "ctx")
+    o, d, loc = tmp_path / "o.tar", tmp_path / "d.tar", tmp_path / "rootfs"
+    pb_busybox.run("build", "-t", "app", "--output", f"type=oci,dest={o}", "--output", f"type=docker,dest={d}",
+                   "--output", f"type=local,dest={loc}", str(ctx))
+    assert "index.json" in tarfile.open(o).getnames()
+    assert "manifest.json" in tarfile.open(d).getnames()
+    assert (loc / "app/a.txt").read_text() == "a\n" and (loc / "b.txt").read_text() == "b\n"
+    assert (loc / "bin/busybox").is_file()
+
+
+def test_quiet_prints_only_the_image_id(pb_busybox: PB, tmp_path: Path) -> None:
+    ctx = make_ctx(tmp_path / "ctx")
+    r = pb_busybox.run("-t", "app", "-q", str(ctx))  # docker-style shorthand for build
+    assert r.out.strip().startswith("sha256:") and len(r.out.strip().splitlines()) == 1
+
+
+def test_dockerfile_outside_context_and_stdin(pb_busybox: PB, tmp_path: Path) -> None:
+    ctx = make_ctx(tmp_path / "ctx")
+    other = tmp_path / "elsewhere.Dockerfile"
+    other.write_text("FROM busybox\nCOPY b.txt /x\n")
+    pb_busybox.run("build", "-t", "f", "-f", str(other), str(ctx))
+    p = subprocess.run(pb_busybox.argv("build", "-t", "stdin", "-"), input=b"FROM busybox\nENV X=1\n",
+                       capture_output=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "X=1" in json.loads(pb_busybox.run("inspect", "stdin").out)[0]["Config"]["Env"]
+
+
+def test_tar_context(pb_busybox: PB, tmp_path: Path) -> None:
+    ctx = make_ctx(tmp_path / "ctx")
+    t = tmp_path / "ctx.tar"
+    with tarfile.open(t, "w:gz") as tf:
+        tf.add(ctx, arcname=".")
+    pb_busybox.run("build", "-t", "fromtar", str(t))
+    assert json.loads(pb_busybox.run("inspect", "fromtar").out)[0]["Config"]["Cmd"] == ["cat", "/app/a.txt"]
+
+
+@pytest.mark.parametrize("dockerfile, line, words", [
+    ("FROM busybox\nCOPY missing.txt /x\n", 2, "not found"),
+    ("FROM busybox\nCOPY a.txt b.txt /notadir\n", 2, "must be a directory"),
+    ("FROM nosuchimage\n", 1, "not found"),
+    ("FROM busybox\nCOPY --from=nosuchstage /x /y\n", 2, "nosuchstage"),
+    ("FROM busybox\nRUN true\n", 2, "RUN"),
+    ("FROM busybox\nCOPY --chown=nosuchuser a.txt /x\n", 2, "nosuchuser"),
+    ("FROM busybox\nCOPY --chmod=99z a.txt /x\n", 2, "chmod"),
+    ("FROM busybox\nFROOM x\n", 2, "unknown instruction"),
+    ("FROM busybox\nEXPOSE 80/xyz\n", 2, "proto"),
+])
+def test_build_errors_name_the_dockerfile_line(pb_busybox: PB, tmp_path: Path, dockerfile: str, line: int,
+                                               words: str) -> None:
+    ctx = make_ctx(tmp_path / "ctx")
+    (ctx / "Dockerfile").write_text(dockerfile)
+    before = blobs(pb_busybox.root)
+    r = pb_busybox.run("build", "-t", "bad", str(ctx), check=False)
+    assert r.code == 1, r
+    assert f"Dockerfile:{line}" in r.err and words in r.err, r.err
+    assert "Traceback" not in r.err
+    assert blobs(pb_busybox.root) == before  # nothing written for a failing step
+    assert pb_busybox.run("inspect", "bad", check=False).code == 1
+
+
+def test_unknown_target_is_a_clear_error(pb_busybox: PB, tmp_path: Path) -> None:
+    ctx = make_ctx(tmp_path / "ctx")
+    r = pb_busybox.run("build", "--target", "nope", str(ctx), check=False)
+    assert r.code == 1 and "nope" in r.err and "base" in r.err
+
+
+def test_only_needed_stages_are_built(pb_busybox: PB, tmp_path: Path) -> None:
+    ctx = make_ctx(tmp_path / "ctx")
+    (ctx / "Dockerfile").write_text("FROM busybox AS unused\nCOPY missing /x\n"
+                                    "FROM busybox AS used\nCOPY a.txt /a\nFROM used\nCOPY b.txt /b\n")
+    out = pb_busybox.run("build", "--progress", "plain", "-t", "x", str(ctx)).out
+    assert "unused" not in out and "[stage 2/2]" in out
