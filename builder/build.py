@@ -29,8 +29,10 @@ from pybuild.store.snapshots import LayerRef, StackView
 from pybuild.store.store import Image, Store
 
 from . import dockerfile as df
+from .remote import download, is_url
 from .copy import (CopyItem, ImageFS, SourceFS, SrcStat, apply_items, parse_chmod, plan_sources,
                    resolve_owner)
+from .context_fs import DirFS
 from .expand import ExpansionError, env_pairs_expand, expand_heredoc, expand_word, expand_words
 
 __all__ = ["BuildOptions", "BuildResult", "build", "ImageResolver", "StoreResolver", "Progress"]
@@ -609,11 +611,28 @@ class _Builder:
         input_digest: str
         from_ = ins.from_ if isinstance(ins, df.Copy) else None
         is_add = isinstance(ins, df.Add)
+        urls: list[str] = []
         if is_add:
             for s in srcs:
-                if "://" in s or s.startswith("git@"):
-                    raise self.err(ins, f"ADD from a URL ({s}) is not supported yet",
-                                   hint="download the file into the context and COPY it")
+                if s.startswith("git@") or s.endswith(".git") or ("://" in s and not is_url(s)):
+                    raise self.err(ins, f"ADD from {s}: git and non-HTTP sources are not supported",
+                                   hint="clone or download into the context and COPY it")
+            urls = [s for s in srcs if is_url(s)]
+            srcs = [s for s in srcs if not is_url(s)]
+            if urls and len(urls) + len(srcs) > 1 and not dest.endswith("/"):
+                raise self.err(ins, "when adding several sources, the destination must be a directory "
+                                    "and end with a /", hint=f"write {dest}/")
+        checksum = self.expand(ins, ins.checksum, env) if isinstance(ins, df.Add) and ins.checksum else None
+        if checksum and (len(urls) != 1 or srcs):
+            raise self.err(ins, "--checksum needs exactly one HTTP source")
+        downloads = []
+        for u in urls:
+            tmp = tempfile.mkdtemp(dir=self.store.snapshots_dir, prefix=".tmp-dl-")
+            try:
+                downloads.append((u, download(u, tmp, checksum)))
+            except PybuildError:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
         if from_:
             ref = self.expand(ins, from_, env)
             idx = dockerfile.resolve_stage(ref, stage.index, line=ins.line)
@@ -641,17 +660,26 @@ class _Builder:
             ([f"--from={from_}"] if from_ else []) + ([f"--chown={chown}"] if chown else []) +
             ([f"--chmod={ins.chmod}"] if chmod is not None else []) + (["--link"] if ins.link else []) +
             (["--parents"] if getattr(ins, "parents", False) else []) +
-            [f"--exclude={e}" for e in excludes] + srcs + [h for h, _ in heredocs] + [dest]))
-        state.key = _h(state.key, canonical, input_digest, *[hashlib.sha256(b).hexdigest() for _, b in heredocs])
+            ([f"--checksum={checksum}"] if checksum else []) +
+            [f"--exclude={e}" for e in excludes] + srcs + urls + [h for h, _ in heredocs] + [dest]))
+        state.key = _h(state.key, canonical, input_digest, *[hashlib.sha256(b).hexdigest() for _, b in heredocs],
+                       *[d.sha256 for _, d in downloads])
         self.keys.append(state.key)
+        tmpdirs: list[str] = [str(d.path.parent) for _, d in downloads]
         if self.from_cache(state, canonical):
+            for t in tmpdirs:
+                shutil.rmtree(t, ignore_errors=True)
             return True
         lower = [] if ins.link else self.lower_dirs(state)
         view = StackView(lower)
         exclude_fn = self.opts.context.exclude_matcher(excludes) if excludes else None
         items: list[CopyItem] = []
-        tmpdirs: list[str] = []
         try:
+            for u, d in downloads:
+                d_abs = dest if dest.startswith("/") else posixpath.join(workdir, dest)
+                target = posixpath.join(d_abs, d.name) if dest.endswith("/") else d_abs
+                st = SrcStat("file", 0o600, 0, 0, d.path.stat().st_size, d.mtime)
+                items.append(CopyItem(posixpath.normpath(target), st, DirFS(d.path.parent), d.path.name))
             if srcs:
                 where = f"{self.file}:{ins.line}: "
                 try:
@@ -698,7 +726,6 @@ class _Builder:
             tmpdirs.append(tmp)
             with open(archive, "rb") as f:
                 extract_layer(open_decompressed(f), tmp, mode="apply")  # type: ignore[arg-type]
-            from .context_fs import DirFS
             d = dest if dest.endswith("/") else dest + "/"
             items.extend(dataclasses.replace(it, keep_owner=True)
                          for it in plan_sources(DirFS(Path(tmp)), ["."], d, workdir, view, where=where))

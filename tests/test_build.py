@@ -213,3 +213,48 @@ def test_only_needed_stages_are_built(pb_busybox: PB, tmp_path: Path) -> None:
                                     "FROM busybox AS used\nCOPY a.txt /a\nFROM used\nCOPY b.txt /b\n")
     out = pb_busybox.run("build", "--progress", "plain", "-t", "x", str(ctx)).out
     assert "unused" not in out and "[stage 2/2]" in out
+
+
+@pytest.fixture
+def http_dir(tmp_path: Path):
+    """A real HTTP server on a free loopback port serving a folder."""
+    import functools
+    import http.server
+    import threading
+    d = tmp_path / "www"
+    d.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(d))
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield d, f"http://127.0.0.1:{srv.server_address[1]}"
+    srv.shutdown()
+
+
+def test_add_url_with_checksum_and_no_extraction(pb_busybox: PB, tmp_path: Path, http_dir) -> None:
+    import gzip as gz
+    import hashlib
+    www, base = http_dir
+    (www / "file.txt").write_text("remote\n")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        ti = tarfile.TarInfo("inner.txt")
+        ti.size = 1
+        tf.addfile(ti, io.BytesIO(b"x"))
+    (www / "arch.tar.gz").write_bytes(gz.compress(buf.getvalue()))
+    good = "sha256:" + hashlib.sha256(b"remote\n").hexdigest()
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(f"FROM busybox\nADD --checksum={good} {base}/file.txt /r/\n"
+                                    f"ADD {base}/arch.tar.gz /arch/\n")
+    loc = tmp_path / "out"
+    pb_busybox.run("build", "-t", "remote", "--output", f"type=local,dest={loc}", str(ctx))
+    assert (loc / "r/file.txt").read_text() == "remote\n"
+    assert oct((loc / "r/file.txt").stat().st_mode & 0o777) == "0o600"
+    assert (loc / "arch/arch.tar.gz").is_file() and not (loc / "arch/inner.txt").exists()  # never extracted
+    (ctx / "Dockerfile").write_text(f"FROM busybox\nADD --checksum=sha256:{'0' * 64} {base}/file.txt /r/\n")
+    r = pb_busybox.run("build", "-t", "bad", str(ctx), check=False)
+    assert r.code == 1 and "checksum mismatch" in r.err and "Dockerfile:2" in r.err
+    (ctx / "Dockerfile").write_text(f"FROM busybox\nADD {base}/missing.txt /r/\n")
+    r = pb_busybox.run("build", "-t", "bad", str(ctx), check=False)
+    assert r.code == 1 and "404" in r.err and "Dockerfile:2" in r.err
