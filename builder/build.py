@@ -15,6 +15,7 @@ import os
 import posixpath
 import shutil
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,19 +62,76 @@ class StoreResolver:
 
 
 class Progress:
-    """Plain, line-by-line progress (``--progress plain``); ``quiet`` prints nothing."""
+    """Build progress. ``plain``: stable line-by-line log (a line when a step starts, one when it
+    ends: ``CACHED`` or ``DONE <seconds>``). ``tty``: one live line per step, updated in place
+    with the elapsed time and collapsed to its result. ``quiet``: nothing."""
 
-    def __init__(self, mode: str = "plain", out: Callable[[str], None] | None = None) -> None:
+    def __init__(self, mode: str = "plain", out: Callable[[str], None] | None = None,
+                 stream: Any = None) -> None:
         self.mode = mode
         self._out = out or (lambda s: print(s, flush=True))
+        self._stream = stream
+        self._live: tuple[str, float] | None = None
+        self._lock = threading.Lock()
+        self._ticker: threading.Thread | None = None
 
     def line(self, text: str) -> None:
-        if self.mode != "quiet":
+        if self.mode == "quiet":
+            return
+        with self._lock:
+            self._clear_live()
             self._out(text)
 
     def warn(self, text: str) -> None:
-        if self.mode != "quiet":
-            self._out(f"[Warning] {text}")
+        self.line(f"[Warning] {text}")
+
+    def start(self, prefix: str, text: str) -> None:
+        """A step begins."""
+        if self.mode == "tty" and self._stream is not None:
+            with self._lock:
+                self._live = (f"{prefix} {text}", time.monotonic())
+                self._draw()
+            if self._ticker is None:
+                self._ticker = threading.Thread(target=self._tick, daemon=True)
+                self._ticker.start()
+        else:
+            self.line(f"{prefix} {text}")
+
+    def finish(self, prefix: str, text: str, result: str) -> None:
+        """A step ended with ``result`` (``CACHED`` or ``DONE 0.12s``)."""
+        if self.mode == "tty" and self._stream is not None:
+            with self._lock:
+                self._live = None
+                self._stream.write(f"\r\x1b[K{prefix} {text}  {result}\n")
+                self._stream.flush()
+        else:
+            self.line(f"{prefix}: {result}")
+
+    def _clear_live(self) -> None:
+        if self._live is not None and self._stream is not None:
+            self._stream.write("\r\x1b[K")
+
+    def _draw(self) -> None:
+        if self._live is None or self._stream is None:
+            return
+        text, t0 = self._live
+        self._stream.write(f"\r\x1b[K{text}  {time.monotonic() - t0:.1f}s")
+        self._stream.flush()
+
+    def _tick(self) -> None:
+        while True:
+            time.sleep(0.1)
+            with self._lock:
+                self._draw()
+
+    def close(self) -> None:
+        """End a live line left open (a failing step)."""
+        with self._lock:
+            if self._live is not None and self._stream is not None:
+                self._draw()
+                self._stream.write("  ERROR\n")
+                self._stream.flush()
+                self._live = None
 
 
 @dataclass(frozen=True)
@@ -254,10 +312,10 @@ class _Builder:
         total = 1 + len(stage.instructions)
         label = f"[stage {n}/{m}{' ' + stage.name if stage.name else ''}]"
         fr = stage.from_
-        self.progress.line(f"{label} STEP 1/{total}: {fr.logical}")
+        self.progress.start(f"{label} STEP 1/{total}:", fr.logical)
         t0 = time.monotonic()
         state = self.from_state(dockerfile, stage, states, global_args)
-        self.progress.line(f"{label} STEP 1/{total}: DONE {time.monotonic() - t0:.2f}s")
+        self.progress.finish(f"{label} STEP 1/{total}", fr.logical, f"DONE {time.monotonic() - t0:.2f}s")
         triggers = list(state.config.config.OnBuild)
         if triggers:
             state.config = dataclasses.replace(state.config,
@@ -272,15 +330,15 @@ class _Builder:
                 self.progress.line(f"{label} ONBUILD {ins.logical}")
                 self.guarded_step(dockerfile, stage, ins, state, states)
         for k, ins in enumerate(stage.instructions, 2):
-            self.progress.line(f"{label} STEP {k}/{total}: {ins.logical}")
+            self.progress.start(f"{label} STEP {k}/{total}:", ins.logical)
             t0 = time.monotonic()
             cached = self.guarded_step(dockerfile, stage, ins, state, states)
             self.total += 1
             if cached:
                 self.cached += 1
-                self.progress.line(f"{label} STEP {k}/{total}: CACHED")
+                self.progress.finish(f"{label} STEP {k}/{total}", ins.logical, "CACHED")
             else:
-                self.progress.line(f"{label} STEP {k}/{total}: DONE {time.monotonic() - t0:.2f}s")
+                self.progress.finish(f"{label} STEP {k}/{total}", ins.logical, f"DONE {time.monotonic() - t0:.2f}s")
         return state
 
     def from_state(self, dockerfile: df.Dockerfile, stage: df.Stage, states: dict[int, _State],
@@ -738,6 +796,10 @@ def build(store: Store, opts: BuildOptions, resolver: ImageResolver | None = Non
           progress: Progress | None = None) -> BuildResult:
     """Build ``opts`` into ``store``. Raises DockerfileError (file:line), BuildError, UserError."""
     dockerfile = df.parse(opts.dockerfile_text, opts.dockerfile_name)
-    with store.lease():
-        b = _Builder(store, opts, resolver or StoreResolver(store), progress or Progress())
-        return b.run(dockerfile)
+    progress = progress or Progress()
+    try:
+        with store.lease():
+            b = _Builder(store, opts, resolver or StoreResolver(store), progress)
+            return b.run(dockerfile)
+    finally:
+        progress.close()

@@ -329,7 +329,9 @@ def build_cmd(c: Ctx, context: str, tags: tuple[str, ...], file: str | None, bui
     for t in tags:
         parse_reference(t)
     outs = [_parse_output(o) for o in outputs]
-    mode = "quiet" if quiet else ("plain" if progress == "auto" else progress)
+    mode = "quiet" if quiet else progress
+    if mode == "auto":
+        mode = "tty" if sys.stdout.isatty() else "plain"
     store = c.store()
     store.init()
     with open_build_context(context, file, stdin=sys.stdin.buffer, cache_dir=store.metadata_dir) as bc:
@@ -338,7 +340,7 @@ def build_cmd(c: Ctx, context: str, tags: tuple[str, ...], file: str | None, bui
                             target=target, no_cache=no_cache, labels=_parse_kv(labels, "--label"),
                             compression=compression,
                             platform=Platform.parse(platform) if platform else Platform.host())
-        prog = Progress(mode, out=lambda line: click.echo(line, err=False))
+        prog = Progress(mode, out=lambda line: click.echo(line, err=False), stream=sys.stdout)
         result = build(store, opts, progress=prog)
     for o in outs:
         _export(store, result, o)

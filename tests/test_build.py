@@ -258,3 +258,18 @@ def test_add_url_with_checksum_and_no_extraction(pb_busybox: PB, tmp_path: Path,
     (ctx / "Dockerfile").write_text(f"FROM busybox\nADD {base}/missing.txt /r/\n")
     r = pb_busybox.run("build", "-t", "bad", str(ctx), check=False)
     assert r.code == 1 and "404" in r.err and "Dockerfile:2" in r.err
+
+
+def test_auto_progress_is_live_on_a_tty_and_plain_otherwise(pb_busybox: PB, tmp_path: Path) -> None:
+    import shlex
+    import shutil as sh
+    ctx = make_ctx(tmp_path / "ctx")
+    assert sh.which("script"), "util-linux's script is needed to run pybuild under a pseudo-terminal"
+    cmd = " ".join(shlex.quote(a) for a in pb_busybox.argv("build", "-t", "tty", str(ctx)))
+    p = subprocess.run(["script", "-qec", cmd, "/dev/null"], capture_output=True, timeout=120)
+    out = p.stdout.decode()
+    assert p.returncode == 0, out
+    assert "\r\x1b[K" in out  # lines are redrawn in place
+    assert "COPY a.txt ./  DONE" in out and "--> sha256:" in out
+    plain = pb_busybox.run("build", "-t", "tty", str(ctx)).out  # stdout is a pipe: plain log
+    assert "\x1b" not in plain and "STEP 2/7: CACHED" in plain
