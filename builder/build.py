@@ -511,12 +511,7 @@ class _Builder:
                 value = None
             state.args[name] = value
             parts.append(f"{name}={value}" if value is not None else name)
-        state.key = _h(state.key, "ARG " + " ".join(parts))
-        self.keys.append(state.key)
-        hit = not self.opts.no_cache and self.store.cache.get(state.key) is not None
-        if not hit:
-            self.store.cache.put(state.key, CacheRecord())
-        return hit
+        return self.record_meta(state, ins, "ARG " + " ".join(parts))
 
     def normalise_ports(self, ins: df.Instruction, word: str) -> list[str]:
         port, _, proto = word.partition("/")

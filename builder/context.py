@@ -1560,8 +1560,8 @@ class BuildContext:
         """The context paths a COPY/ADD source names, with docker's wildcard rules.
 
         Guarantees: the pattern is cleaned like BuildKit (leading ``/``, ``./`` and ``..`` above
-        the root dropped; ``"."`` is the whole context). A path that exists literally wins even if
-        it contains wildcard characters (``[abc].txt``). Otherwise the leading segments without
+        the root dropped; ``"."`` is the whole context). A pattern with wildcard characters is
+        always a glob, as in docker (name ``arr[0].txt`` as ``arr[[]0].txt``). The leading segments without
         wildcards are resolved (symlinks followed inside the context) and the rest is matched
         segment by segment with Go ``filepath.Match`` semantics (``*``/``?`` never cross ``/``,
         ``[...]`` classes, ``\\`` escapes, dot files are not special) against non-excluded
@@ -1572,9 +1572,9 @@ class BuildContext:
         cleaned = clean_context_path(pattern)
         if cleaned == ".":
             return ["."]
-        if self.exists(cleaned):
-            return [cleaned]
         if not _contains_wildcards(cleaned):
+            if self.exists(cleaned):
+                return [cleaned]
             raise self._not_found(pattern)
         segments = cleaned.split("/")
         first = next(i for i, s in enumerate(segments) if _contains_wildcards(s))
@@ -1650,7 +1650,15 @@ class BuildContext:
             return None
         with os.fdopen(fd, "rb") as f:
             head = _read_head(f, 512)
-        if _compression(head) is None and not _looks_like_tar(head):
+            kind = _compression(head)
+            if kind is not None:
+                # A compressed file is extracted only when what it holds is a tar (docker).
+                f.seek(0)
+                try:
+                    head = _read_head(_decompressed(f, kind), 512)
+                except _decompress_errors():
+                    return None
+        if not _looks_like_tar(head):
             return None
         return Path(self._abs(resolved))
 
@@ -1703,6 +1711,10 @@ class ContextFS:
     def all_paths(self) -> list[str]:
         """Every non-excluded path of the context, sorted."""
         return sorted(self.ctx.walk())
+
+    def match(self, pattern: str) -> list[str]:
+        """See :meth:`BuildContext.match_sources` (``""`` for the whole context)."""
+        return ["" if m == "." else m for m in self.ctx.match_sources(pattern)]
 
 
 # --------------------------------------------------------------------------------------------

@@ -16,12 +16,11 @@ metadata), so the same "upper dir → layer" path serves COPY and RUN. Docker's 
 """
 from __future__ import annotations
 
-import fnmatch
 import os
 import posixpath
 import shutil
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO, Callable, Protocol
 
@@ -116,6 +115,8 @@ class CopyItem:
     src: str = ""
     data: bytes | None = None
     keep_owner: bool = False
+    group: int = 0             # the source argument it came from (hardlinks stay within one)
+    dest_root: bool = False    # the destination dir of a directory source: made if missing only
 
 
 def _clean(p: str) -> str:
@@ -124,25 +125,27 @@ def _clean(p: str) -> str:
 
 
 def match_pattern(fs: SourceFS, pattern: str) -> list[str]:
-    """Source paths for one COPY source word: a literal path if it exists (even when it looks like
-    a wildcard), else the paths whose every segment matches (Go filepath.Match semantics)."""
+    """Source paths for one COPY source word. A word without wildcard characters is a literal
+    path; with them it is always a glob (docker: name ``arr[0].txt`` as ``arr[[]0].txt``), each
+    segment matched with Go ``filepath.Match`` semantics. A source that knows better (the build
+    context, with its ignore rules) answers through its own ``match``."""
+    own = getattr(fs, "match", None)
+    if own is not None:
+        return own(pattern)
+    from .context import _go_segment_regex  # the one Go-pattern implementation
     p = _clean(pattern).lstrip("/")
-    if p == "":
-        return [""]
-    if fs.lstat(p) is not None or not has_wildcard(p):
+    if p == "" or not has_wildcard(p):
         return [p]
-    segs = p.split("/")
+    try:
+        regexes = [_go_segment_regex(seg) for seg in p.split("/")]
+    except ValueError as e:
+        raise BuildError(f"invalid source pattern {pattern!r}: {e}") from None
     out = []
     for cand in fs.all_paths():
         cs = cand.split("/")
-        if len(cs) == len(segs) and all(_seg_match(c, s) for c, s in zip(cs, segs)):
+        if len(cs) == len(regexes) and all(rx.match(c) for c, rx in zip(cs, regexes)):
             out.append(cand)
     return sorted(out)
-
-
-def _seg_match(name: str, pattern: str) -> bool:
-    # Go's filepath.Match lets * match a leading dot, as fnmatchcase does; fnmatch translates [!x] like Go's [^x]; Go also accepts [^x].
-    return fnmatch.fnmatchcase(name, pattern.replace("[^", "[!"))
 
 
 def plan_sources(fs: SourceFS, patterns: list[str], dest: str, workdir: str, view: StackView,
@@ -164,7 +167,7 @@ def plan_sources(fs: SourceFS, patterns: list[str], dest: str, workdir: str, vie
             raise BuildError(f"{where}COPY source {pat!r} not found in the build context"
                              if where else f"source {pat!r} not found",
                              hint="paths are relative to the context root; check .dockerignore")
-        matches.extend((pat, f) for f in found)
+        matches.extend((pat, f) for f in found if not (exclude is not None and f and exclude(f)))
     if len(patterns) > 1 and not dest_dirish:
         raise BuildError(f"{where}when copying several sources, the destination must be a directory "
                          f"and end with a /", hint=f"write {dest}/")
@@ -175,28 +178,36 @@ def plan_sources(fs: SourceFS, patterns: list[str], dest: str, workdir: str, vie
         if existing is not None and stat.S_ISDIR(existing.st_mode):
             dest_dirish = True
     items: list[CopyItem] = []
-    for pat, path in matches:
-        real = fs.resolve(path) if path else ""
-        st = fs.lstat(real) if real else SrcStat("dir", 0o755, 0, 0, 0, 0)
-        if st is None:
-            raise BuildError(f"{where}COPY source {pat!r} is a broken symlink", hint="fix the link in the context")
-        if parents:
-            base = path.split("/./", 1)[1] if "/./" in path else path
-            target = _clean(posixpath.join(dest_abs, base))
-            if st.kind == "dir":
-                _add_parents(items, fs, path, dest_abs, base, exclude)
-                items.append(CopyItem(target, st, fs, real))
-                _walk_into(items, fs, real, target, exclude)
-            else:
-                _add_parents(items, fs, path, dest_abs, base, exclude)
-                items.append(CopyItem(target, st, fs, real))
-            continue
-        if st.kind == "dir":
-            _walk_into(items, fs, real, dest_abs, exclude)
-        else:
-            target = _clean(posixpath.join(dest_abs, posixpath.basename(path))) if dest_dirish else dest_abs
-            items.append(CopyItem(target, st, fs, real))
+    for group, (pat, path) in enumerate(matches):
+        start = len(items)
+        _place_one(items, fs, pat, path, dest_abs, dest_dirish, parents, exclude, where)
+        for i in range(start, len(items)):  # hardlinks are kept only within one source
+            items[i] = replace(items[i], group=group)
     return items
+
+
+def _place_one(items: list[CopyItem], fs: SourceFS, pat: str, path: str, dest_abs: str, dest_dirish: bool,
+               parents: bool, exclude: Callable[[str], bool] | None, where: str) -> None:
+    """Place one matched source (a file, or a directory's contents) under the destination."""
+    real = fs.resolve(path) if path else ""
+    st = fs.lstat(real) if real else SrcStat("dir", 0o755, 0, 0, 0, 0)
+    if st is None:
+        raise BuildError(f"{where}COPY source {pat!r} is a broken symlink", hint="fix the link in the context")
+    if parents:
+        base = path.split("/./", 1)[1] if "/./" in path else path
+        target = _clean(posixpath.join(dest_abs, base))
+        _add_parents(items, fs, path, dest_abs, base, exclude)
+        items.append(CopyItem(target, st, fs, real))
+        if st.kind == "dir":
+            _walk_into(items, fs, real, target, exclude)
+        return
+    if st.kind == "dir":
+        # The destination directory itself is made even when the source is empty.
+        items.append(CopyItem(dest_abs, replace(st, mode=0o755, uid=0, gid=0), fs, real, dest_root=True))
+        _walk_into(items, fs, real, dest_abs, exclude)
+    else:
+        target = _clean(posixpath.join(dest_abs, posixpath.basename(path))) if dest_dirish else dest_abs
+        items.append(CopyItem(target, st, fs, real))
 
 
 def _add_parents(items: list[CopyItem], fs: SourceFS, path: str, dest_abs: str, base: str,
@@ -247,16 +258,20 @@ def _db(view: StackView, path: str) -> dict[str, list[str]]:
 
 def resolve_owner(spec: str, view: StackView, where: str = "") -> Owner:
     """``user[:group]`` (names looked up in the image's /etc/passwd and /etc/group, or numbers).
-    Without a group the gid equals the uid (docker's rule). Raises UserError for unknown names."""
+    Without a group, a user name takes its primary group from /etc/passwd and a numeric uid is
+    also the gid (BuildKit's behaviour). Raises UserError for unknown names."""
     user, _, group = spec.partition(":")
     passwd = None
+    primary_gid: int | None = None
 
     def lookup_user(u: str) -> int:
-        nonlocal passwd
+        nonlocal passwd, primary_gid
         if u.isdigit():
             return int(u)
         passwd = passwd if passwd is not None else _db(view, "/etc/passwd")
         if u in passwd:
+            if len(passwd[u]) > 3 and passwd[u][3].isdigit():
+                primary_gid = int(passwd[u][3])
             return int(passwd[u][2])
         raise UserError(f"{where}unable to find user {u!r} in the image's /etc/passwd",
                         hint="use a numeric uid, or create the user first")
@@ -273,7 +288,10 @@ def resolve_owner(spec: str, view: StackView, where: str = "") -> Owner:
     if not user:
         raise UserError(f"{where}--chown needs a user", hint="--chown=user[:group]")
     uid = lookup_user(user)
-    gid = lookup_group(group) if group else uid
+    if group:
+        gid = lookup_group(group)
+    else:
+        gid = primary_gid if primary_gid is not None else uid
     return Owner(uid, gid)
 
 
@@ -328,13 +346,17 @@ def apply_items(items: list[CopyItem], upper: Path, lower_dirs: list[Path], *,
     """
     lower = StackView(lower_dirs)
     merged = StackView(list(lower_dirs) + [upper])
-    links: dict[tuple[int, int], Path] = {}
+    links: dict[tuple[int, tuple[int, int]], Path] = {}
     n = 0
     for it in items:
         resolved_parent = merged.resolve(posixpath.dirname(it.dest) or "/")
         name = posixpath.basename(it.dest)
         if not name:  # copying onto "/" itself: only metadata, nothing to create
             continue
+        if it.dest_root:
+            existing = merged.lstat(merged.resolve(it.dest))
+            if existing is not None and stat.S_ISDIR(existing.st_mode):
+                continue  # an existing destination keeps its own metadata
         parent = _ensure_parent(upper, lower, merged, resolved_parent, owner)
         target = parent / name
         st = it.st
@@ -351,13 +373,14 @@ def apply_items(items: list[CopyItem], upper: Path, lower_dirs: list[Path], *,
             if not target.is_dir():
                 os.mkdir(target)
         elif st.kind == "file":
-            if st.inode is not None and st.inode in links and it.data is None:
-                os.link(links[st.inode], target)
+            link_key = (it.group, st.inode)
+            if st.inode is not None and link_key in links and it.data is None:
+                os.link(links[link_key], target)
                 n += 1
                 continue
             _write_file(target, it)
             if st.inode is not None:
-                links[st.inode] = target
+                links[link_key] = target
         elif st.kind == "symlink":
             os.symlink(st.linkname, target)
         elif st.kind in ("char", "block"):

@@ -740,9 +740,10 @@ def src_ctx(tmp_path: Path) -> BuildContext:
     ("sub/*.txt", ["sub/x.txt"]),                               # * does not cross /
     ("*/x.txt", ["other/x.txt", "sub/x.txt"]),
     ("sub/*/z.txt", ["sub/deep/z.txt"]),
-    ("[ab].txt", ["[ab].txt"]),                                 # the literal file wins
+    ("[ab].txt", ["a.txt", "b.txt"]),                           # always a glob, as in docker
+    ("[[]ab].txt", ["[ab].txt"]),                               # docker's documented escape
     ("[^a].txt", ["b.txt"]),
-    ("weird*name", ["weird*name"]),
+    ("weird[*]name", ["weird*name"]),
     ("nothing*", []),                                           # empty wildcard is allowed
     ("/a.txt", ["a.txt"]),
     ("./sub/../a.txt", ["a.txt"]),
@@ -772,7 +773,7 @@ def test_match_sources_errors(src_ctx: BuildContext) -> None:
         src_ctx.match_sources("\\[ab\\].txt")
 
 
-def test_literal_that_does_not_exist_falls_back_to_the_class(tmp_path: Path) -> None:
+def test_a_pattern_is_a_glob_even_with_no_literal_file(tmp_path: Path) -> None:
     ctx = make_ctx(tmp_path, {"a.txt": "a", "b.txt": "b"})
     assert ctx.match_sources("[ab].txt") == ["a.txt", "b.txt"]
 
