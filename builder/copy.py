@@ -368,7 +368,7 @@ def apply_items(items: list[CopyItem], upper: Path, lower_dirs: list[Path], *,
         uid, gid = (st.uid, st.gid) if keep_owner or it.keep_owner else (0, 0)
         if owner is not None:
             uid, gid = owner.uid, owner.gid
-        mode = st.mode if chmod is None else chmod
+        mode = st.mode if chmod is None or it.dest_root else chmod  # --chmod spares the made dest dir
         if st.kind == "dir":
             if not target.is_dir():
                 os.mkdir(target)
