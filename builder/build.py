@@ -25,12 +25,14 @@ from pybuild.errors import BuildError, DockerfileError, NotFound, PybuildError, 
 from pybuild.oci import ContainerConfig, Descriptor, Digest, History, ImageConfig, Platform, chain_id
 from pybuild.store.cache import CacheRecord
 from pybuild.store.importer import rfc3339, source_date_epoch
-from pybuild.store.layers import entries_from_dir, write_layer
+from pybuild.store.layers import entries_from_upper, write_layer
 from pybuild.store.snapshots import LayerRef, StackView
 from pybuild.store.store import Image, Store
 
 from . import dockerfile as df
 from .remote import download, is_url
+from .cgroups import Limits
+from .sandbox import SandboxSpec, cleanup_upper, run_sandboxed
 from .copy import (CopyItem, ImageFS, SourceFS, SrcStat, apply_items, parse_chmod, plan_sources,
                    resolve_owner)
 from .context_fs import DirFS
@@ -38,6 +40,7 @@ from .expand import ExpansionError, env_pairs_expand, expand_heredoc, expand_wor
 
 __all__ = ["BuildOptions", "BuildResult", "build", "ImageResolver", "StoreResolver", "Progress"]
 
+HEREDOC_PATH = "/dev/pipes/heredoc"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 HISTORY_COMMENT = "pybuild.dockerfile.v0"
 PREDEFINED_ARGS = {"HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "FTP_PROXY", "ftp_proxy",
@@ -74,6 +77,7 @@ class Progress:
         self._live: tuple[str, float] | None = None
         self._lock = threading.Lock()
         self._ticker: threading.Thread | None = None
+        self._partial = b""
 
     def line(self, text: str) -> None:
         if self.mode == "quiet":
@@ -84,6 +88,20 @@ class Progress:
 
     def warn(self, text: str) -> None:
         self.line(f"[Warning] {text}")
+
+    def output(self, chunk: bytes) -> None:
+        """Output of a running step, passed on line by line."""
+        if self.mode == "quiet":
+            return
+        self._partial += chunk
+        *lines, self._partial = self._partial.split(b"\n")
+        for ln in lines:
+            self.line(ln.decode(errors="replace"))
+
+    def flush_output(self) -> None:
+        if self._partial:
+            rest, self._partial = self._partial, b""
+            self.line(rest.decode(errors="replace"))
 
     def start(self, prefix: str, text: str) -> None:
         """A step begins."""
@@ -148,6 +166,8 @@ class BuildOptions:
     labels: Mapping[str, str] = field(default_factory=dict)
     compression: str = "gzip"
     platform: Platform = field(default_factory=Platform.host)
+    network: str = "host"
+    limits: Limits = field(default_factory=Limits)
 
 
 @dataclass(frozen=True)
@@ -491,9 +511,7 @@ class _Builder:
         if isinstance(ins, (df.Copy, df.Add)):
             return self.step_copy(dockerfile, stage, ins, state, states, env)
         if isinstance(ins, df.Run):
-            raise DockerfileError("RUN is not supported yet", file=self.file, line=ins.line,
-                                  text=ins.original.splitlines()[0],
-                                  hint="RUN steps arrive with the sandbox; build without RUN for now")
+            return self.step_run(ins, state)
         raise self.err(ins, f"unsupported instruction {ins.cmd}")
 
     def step_arg(self, ins: df.Arg, state: _State) -> bool:
@@ -556,8 +574,10 @@ class _Builder:
     def lower_dirs(self, state: _State) -> list[Path]:
         return self.store.snapshots.ensure(state.layers)
 
-    def commit_upper(self, ins: df.Instruction, state: _State, upper: Path, canonical: str) -> None:
-        entries = entries_from_dir(upper)
+    def commit_upper(self, ins: df.Instruction, state: _State, upper: Path, canonical: str,
+                     lower: list[Path] | None = None) -> None:
+        below = StackView(lower if lower is not None else [])
+        entries = entries_from_upper(upper, lambda p: below.lstat(p) is not None)
         if not entries:
             shutil.rmtree(upper, ignore_errors=True)
             self.store.cache.put(state.key, CacheRecord())
@@ -625,10 +645,83 @@ class _Builder:
                     owner = None
             item = CopyItem(new, SrcStat("dir", 0o755, 0, 0, 0, 0), data=None)
             apply_items([item], upper, lower, owner=owner)
-            self.commit_upper(ins, state, upper, canonical)
+            self.commit_upper(ins, state, upper, canonical, lower)
         except BaseException:
             shutil.rmtree(upper, ignore_errors=True)
             raise
+        return False
+
+    def run_argv(self, ins: df.Run, cc: ContainerConfig, scratch_files: dict[str, bytes]) -> list[str]:
+        """The process to start for a RUN: exec form as is; shell form through SHELL; heredocs as
+        the shell script they are part of (a lone heredoc with a shebang runs as a file)."""
+        shell = list(cc.Shell) or ["/bin/sh", "-c"]
+        if not ins.shell_form:
+            return list(ins.command)  # type: ignore[arg-type]
+        cmd = str(ins.command)
+        if ins.heredocs:
+            only = len(ins.heredocs) == 1 and cmd.strip().lstrip("<-").strip("'\"") == ins.heredocs[0].name
+            h = ins.heredocs[0]
+            if only and h.content.startswith("#!"):
+                scratch_files["heredoc"] = h.content.encode()
+                return [HEREDOC_PATH]
+            if only:
+                return shell + [h.content]
+            script = cmd + "\n" + "".join(x.body + ("" if x.body.endswith("\n") or not x.body else "\n")
+                                          + x.name + "\n" for x in ins.heredocs)
+            return shell + [script]
+        return shell + [cmd]
+
+    def step_run(self, ins: df.Run, state: _State) -> bool:
+        cc = state.config.config
+        files: dict[str, bytes] = {}
+        argv = self.run_argv(ins, cc, files)
+        image_env = cc.env_dict()
+        arg_env = {k: v for k, v in state.args.items() if v is not None and k not in image_env}
+        env = {**arg_env, **image_env}
+        network = ins.network or self.opts.network
+        if network not in ("host", "none", "default"):
+            raise self.err(ins, f"unsupported RUN --network={network}", hint="use host or none")
+        network = "host" if network == "default" else network
+        canonical = "RUN " + (json.dumps(argv) if not ins.shell_form else str(ins.command))
+        state.key = _h(state.key, canonical, json.dumps(sorted(arg_env.items())), network,
+                       *[hashlib.sha256(b).hexdigest() for b in files.values()])
+        self.keys.append(state.key)
+        if self.from_cache(state, canonical):
+            return True
+        lower = self.lower_dirs(state)
+        snaps = self.store.snapshots
+        upper, work = snaps.prepare(), snaps.prepare()
+        scratch = snaps.prepare()
+        binds: list[tuple[str, str, bool]] = []
+        if "heredoc" in files:
+            hp = scratch / "heredoc-script"
+            hp.write_bytes(files["heredoc"])
+            hp.chmod(0o755)
+            binds.append((str(hp), HEREDOC_PATH, True))
+        try:
+            spec = SandboxSpec(lower_dirs=lower, upper=upper, work=work, scratch=scratch / "sb", argv=argv,
+                               env=[f"{k}={v}" for k, v in env.items()], cwd=cc.WorkingDir or "/",
+                               user=cc.User, hostname="pybuild", network=network, limits=self.opts.limits,
+                               binds=binds)
+            result = run_sandboxed(spec, on_output=self.progress.output)
+            self.progress.flush_output()
+            if result.oom_killed:
+                raise BuildError(f"RUN was killed: out of memory "
+                                 f"(limit {self.opts.limits.memory} bytes)",
+                                 hint="raise --memory, or make the step use less memory")
+            if result.exit_code != 0:
+                why = f": {result.setup_error}" if result.setup_error else ""
+                raise BuildError(f"RUN {ins.logical.split(None, 1)[1] if ' ' in ins.logical else ''} "
+                                 f"returned a non-zero code: {result.exit_code}{why}",
+                                 hint="the command failed inside the build; see its output above")
+            cleanup_upper(upper, lower, [b[1] for b in binds])
+            self.commit_upper(ins, state, upper, canonical, lower)
+        except BaseException:
+            shutil.rmtree(upper, ignore_errors=True)
+            raise
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+            shutil.rmtree(scratch, ignore_errors=True)
         return False
 
     def record_meta_keyed(self, state: _State, canonical: str) -> bool:
@@ -755,7 +848,7 @@ class _Builder:
             upper = self.store.snapshots.prepare()
             try:
                 apply_items(items, upper, lower, owner=owner, keep_owner=keep_owner, chmod=chmod)
-                self.commit_upper(ins, state, upper, canonical)
+                self.commit_upper(ins, state, upper, canonical, lower)
             except BaseException:
                 shutil.rmtree(upper, ignore_errors=True)
                 raise

@@ -317,10 +317,14 @@ def _parse_output(spec: str) -> dict[str, str]:
 @click.option("--network", type=click.Choice(["host", "none"]), default="host", show_default=True,
               help="Network for RUN steps.")
 @click.option("--platform", metavar="OS/ARCH", help="Target platform (default: the host's).")
+@click.option("--memory", "-m", metavar="N", help="Memory limit for RUN steps (e.g. 512m, 2g).")
+@click.option("--pids-limit", type=int, metavar="N", help="Process limit for RUN steps.")
+@click.option("--cpus", type=float, metavar="N", help="CPU limit for RUN steps (e.g. 1.5).")
 @pass_ctx
 def build_cmd(c: Ctx, context: str, tags: tuple[str, ...], file: str | None, build_args: tuple[str, ...],
               target: str | None, no_cache: bool, labels: tuple[str, ...], iidfile: str | None, progress: str,
-              quiet: bool, compression: str, outputs: tuple[str, ...], network: str, platform: str | None) -> None:
+              quiet: bool, compression: str, outputs: tuple[str, ...], network: str, platform: str | None,
+              memory: str | None, pids_limit: int | None, cpus: float | None) -> None:
     """Build an image from a Dockerfile and a context (a directory, a tar, or - for a Dockerfile on stdin)."""
     from pybuild.builder.build import BuildOptions, Progress, build
     from pybuild.builder.context import open_build_context
@@ -339,7 +343,8 @@ def build_cmd(c: Ctx, context: str, tags: tuple[str, ...], file: str | None, bui
                             tags=tags, build_args=_parse_kv(build_args, "--build-arg", from_env=True),
                             target=target, no_cache=no_cache, labels=_parse_kv(labels, "--label"),
                             compression=compression,
-                            platform=Platform.parse(platform) if platform else Platform.host())
+                            platform=Platform.parse(platform) if platform else Platform.host(),
+                            network=network, limits=_limits(memory, pids_limit, cpus))
         prog = Progress(mode, out=lambda line: click.echo(line, err=False), stream=sys.stdout)
         result = build(store, opts, progress=prog)
     for o in outs:
@@ -354,6 +359,16 @@ def build_cmd(c: Ctx, context: str, tags: tuple[str, ...], file: str | None, bui
         click.echo(f"--> {result.image_id}")
 
 
+def _limits(memory: str | None, pids: int | None, cpus: float | None) -> "Any":
+    from pybuild.builder.cgroups import Limits, parse_size
+    from pybuild.errors import UsageError
+    if pids is not None and pids < 1:
+        raise UsageError("--pids-limit must be at least 1")
+    if cpus is not None and cpus <= 0:
+        raise UsageError("--cpus must be more than 0")
+    return Limits(parse_size(memory) if memory else None, pids, cpus)
+
+
 def _export(store: "Any", result: "Any", o: dict[str, str]) -> None:
     from pybuild.store.archive import save
     if o["type"] in ("oci", "docker"):
@@ -362,6 +377,28 @@ def _export(store: "Any", result: "Any", o: dict[str, str]) -> None:
         return
     from pybuild.store.flatten import flatten_image
     flatten_image(store, store.load(result.descriptor), Path(o["dest"]))
+
+
+@cli.command("run", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("--rm", is_flag=True, help="Accepted for docker compatibility: nothing is ever kept.")
+@click.option("--network", type=click.Choice(["host", "none"]), default="host", show_default=True)
+@click.option("--memory", "-m", metavar="N", help="Memory limit (e.g. 512m).")
+@click.option("--pids-limit", type=int, metavar="N", help="Process limit.")
+@click.option("--cpus", type=float, metavar="N", help="CPU limit.")
+@click.option("--init", is_flag=True, help="Run an init as PID 1 that reaps zombies.")
+@click.option("--entrypoint", metavar="CMD", help="Override the image's entrypoint.")
+@click.argument("image")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@pass_ctx
+def run_cmd(c: Ctx, rm: bool, network: str, memory: str | None, pids_limit: int | None, cpus: float | None,
+            init: bool, entrypoint: str | None, image: str, command: tuple[str, ...]) -> None:
+    """Run a command in a new sandbox from IMAGE; exits with the command's exit code."""
+    from pybuild.builder.run import run_image
+    store = c.store()
+    store.check_exists()
+    code = run_image(store, image, command, network=network, limits=_limits(memory, pids_limit, cpus),
+                     init=init, entrypoint=entrypoint)
+    raise click.exceptions.Exit(code)
 
 
 _GLOBAL_WITH_VALUE = {"--root"}
@@ -391,8 +428,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _insert_build(list(sys.argv[1:] if argv is None else argv))
     debug = "--debug" in args
     try:
-        cli.main(args=args, prog_name="pybuild", standalone_mode=False)
-        return 0
+        rv = cli.main(args=args, prog_name="pybuild", standalone_mode=False)
+        return rv if isinstance(rv, int) else 0  # click returns Exit codes in this mode
     except PybuildError as e:
         if debug:
             raise

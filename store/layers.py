@@ -30,7 +30,7 @@ from pybuild.oci import Descriptor, Digest, MediaType
 from .content import ContentStore
 
 __all__ = [
-    "Entry", "WHITEOUT_PREFIX", "OPAQUE_WHITEOUT", "entries_from_dir", "entries_from_tar",
+    "Entry", "WHITEOUT_PREFIX", "OPAQUE_WHITEOUT", "entries_from_dir", "entries_from_tar", "entries_from_upper",
     "write_tar", "LayerResult", "write_layer", "open_decompressed", "extract_layer",
     "secure_join", "normalize_name", "ExtractStats",
 ]
@@ -182,6 +182,41 @@ def _entry_from_stat(full: str, rel: str, st: os.stat_result,
     if fmt == stat.S_IFIFO:
         return Entry(type="fifo", **common)  # type: ignore[arg-type]
     raise InvalidArchive(f"{full}: unsupported file type (socket?)")
+
+
+def entries_from_upper(upper: str | os.PathLike[str], exists_below: Callable[[str], bool]) -> list[Entry]:
+    """The layer entries of an overlayfs upper dir, in OCI form.
+
+    A whiteout (character device 0/0) becomes a ``.wh.<name>`` entry when ``name`` exists in
+    the lower layers (``exists_below("/dir/name")``) and is dropped otherwise; an opaque
+    directory (``trusted.overlay.opaque`` or ``user.overlay.opaque`` = ``y``) keeps its entry
+    and gains ``.wh..wh..opq``. Everything else is as ``entries_from_dir`` gives it.
+    """
+    out: list[Entry] = []
+    base = os.fspath(upper)
+    for e in entries_from_dir(base):
+        if e.type == "char" and e.devmajor == 0 and e.devminor == 0:
+            if exists_below("/" + e.path):
+                parent, _, name = e.path.rpartition("/")
+                wh = f"{parent}/{WHITEOUT_PREFIX}{name}" if parent else WHITEOUT_PREFIX + name
+                out.append(Entry(path=wh, type="file", mode=0o600, uid=0, gid=0, mtime=e.mtime, size=0,
+                                 open=lambda: io.BytesIO(b"")))
+            continue
+        out.append(e)
+        if e.type == "dir" and _opaque(os.path.join(base, e.path)):
+            out.append(Entry(path=f"{e.path}/{OPAQUE_WHITEOUT}", type="file", mode=0o600, uid=0, gid=0,
+                             mtime=e.mtime, size=0, open=lambda: io.BytesIO(b"")))
+    return sorted(out, key=lambda x: _sort_key(x.path))
+
+
+def _opaque(path: str) -> bool:
+    for n in ("trusted.overlay.opaque", "user.overlay.opaque"):
+        try:
+            if os.getxattr(path, n, follow_symlinks=False) == b"y":
+                return True
+        except OSError:
+            continue
+    return False
 
 
 _TAR_TYPES: dict[bytes, EntryType] = {

@@ -26,7 +26,7 @@ from pybuild.oci import Descriptor, Digest, chain_ids
 
 from .content import ContentStore
 from .fsutil import fsync_dir
-from .layers import extract_layer, open_decompressed
+from .layers import _opaque, extract_layer, open_decompressed
 
 __all__ = ["LayerRef", "Snapshots", "StackView", "is_whiteout", "is_opaque"]
 
@@ -148,13 +148,8 @@ def is_whiteout(st: os.stat_result) -> bool:
 
 
 def is_opaque(path: str | os.PathLike[str]) -> bool:
-    for name in ("trusted.overlay.opaque", "user.overlay.opaque"):
-        try:
-            if os.getxattr(path, name, follow_symlinks=False) == b"y":
-                return True
-        except OSError:
-            continue
-    return False
+    """An overlayfs opaque directory (lower entries below it are hidden)."""
+    return _opaque(os.fspath(path))
 
 
 class StackView:
