@@ -182,7 +182,7 @@ def test_tar_context(pb_busybox: PB, tmp_path: Path) -> None:
     ("FROM busybox\nCOPY a.txt b.txt /notadir\n", 2, "must be a directory"),
     ("FROM nosuchimage\n", 1, "not found"),
     ("FROM busybox\nCOPY --from=nosuchstage /x /y\n", 2, "nosuchstage"),
-    ("FROM busybox\nRUN true\n", 2, "RUN"),
+    ("FROM busybox\nRUN exit 3\n", 2, "non-zero code: 3"),
     ("FROM busybox\nCOPY --chown=nosuchuser a.txt /x\n", 2, "nosuchuser"),
     ("FROM busybox\nCOPY --chmod=99z a.txt /x\n", 2, "chmod"),
     ("FROM busybox\nFROOM x\n", 2, "unknown instruction"),
