@@ -9,6 +9,7 @@ layer is reused without running the step. Only the stages the target needs are b
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
@@ -32,6 +33,7 @@ from pybuild.store.store import Image, Store
 from . import dockerfile as df
 from .remote import download, is_url
 from .cgroups import Limits
+from .mounts import RunMount, parse_mount
 from .sandbox import SandboxSpec, cleanup_upper, run_sandboxed
 from .copy import (CopyItem, ImageFS, SourceFS, SrcStat, apply_items, parse_chmod, plan_sources,
                    resolve_owner)
@@ -168,6 +170,7 @@ class BuildOptions:
     platform: Platform = field(default_factory=Platform.host)
     network: str = "host"
     limits: Limits = field(default_factory=Limits)
+    secrets: Mapping[str, bytes] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -302,9 +305,17 @@ class _Builder:
         if r is not None:
             refs.append(r)
         for ins in stage.instructions:
+            froms: list[str] = []
             if isinstance(ins, df.Copy) and ins.from_:
-                val = self.expand(ins, ins.from_, env)
-                r = dockerfile.resolve_stage(val, stage.index, line=ins.line)
+                froms.append(self.expand(ins, ins.from_, env))
+            if isinstance(ins, df.Run):
+                for spec in ins.mounts:
+                    try:
+                        froms.append(parse_mount(self.expand(ins, spec, env)).from_)
+                    except UserError as e:
+                        raise self.err(ins, e.message, e.hint) from None
+            for val in froms:
+                r = dockerfile.resolve_stage(val, stage.index, line=ins.line) if val else None
                 if r is not None:
                     refs.append(r)
         return refs
@@ -329,6 +340,7 @@ class _Builder:
     # -- stages ----------------------------------------------------------------------------------
     def build_stage(self, dockerfile: df.Dockerfile, stage: df.Stage, states: dict[int, _State],
                     global_args: dict[str, str | None], n: int, m: int) -> _State:
+        self.dockerfile, self.stage_index, self.states = dockerfile, stage.index, states
         total = 1 + len(stage.instructions)
         label = f"[stage {n}/{m}{' ' + stage.name if stage.name else ''}]"
         fr = stage.from_
@@ -683,8 +695,10 @@ class _Builder:
             raise self.err(ins, f"unsupported RUN --network={network}", hint="use host or none")
         network = "host" if network == "default" else network
         canonical = "RUN " + (json.dumps(argv) if not ins.shell_form else str(ins.command))
+        mounts = [parse_mount(self.expand(ins, m, self.env_of(state))) for m in ins.mounts]
+        mount_keys = [self.mount_key(ins, m, state) for m in mounts]
         state.key = _h(state.key, canonical, json.dumps(sorted(arg_env.items())), network,
-                       *[hashlib.sha256(b).hexdigest() for b in files.values()])
+                       *[hashlib.sha256(b).hexdigest() for b in files.values()], *mount_keys)
         self.keys.append(state.key)
         if self.from_cache(state, canonical):
             return True
@@ -693,6 +707,17 @@ class _Builder:
         upper, work = snaps.prepare(), snaps.prepare()
         scratch = snaps.prepare()
         binds: list[tuple[str, str, bool]] = []
+        tmpfs: list[tuple[str, str]] = []
+        locks: list[int] = []
+        try:
+            for i, m in enumerate(mounts):
+                self.prepare_mount(ins, m, i, scratch, binds, tmpfs, locks, state)
+        except BaseException:
+            for d in (upper, work, scratch):
+                shutil.rmtree(d, ignore_errors=True)
+            for fd in locks:
+                os.close(fd)
+            raise
         if "heredoc" in files:
             hp = scratch / "heredoc-script"
             hp.write_bytes(files["heredoc"])
@@ -702,7 +727,7 @@ class _Builder:
             spec = SandboxSpec(lower_dirs=lower, upper=upper, work=work, scratch=scratch / "sb", argv=argv,
                                env=[f"{k}={v}" for k, v in env.items()], cwd=cc.WorkingDir or "/",
                                user=cc.User, hostname="pybuild", network=network, limits=self.opts.limits,
-                               binds=binds)
+                               binds=binds, tmpfs=tmpfs)
             result = run_sandboxed(spec, on_output=self.progress.output)
             self.progress.flush_output()
             if result.oom_killed:
@@ -714,7 +739,7 @@ class _Builder:
                 raise BuildError(f"RUN {ins.logical.split(None, 1)[1] if ' ' in ins.logical else ''} "
                                  f"returned a non-zero code: {result.exit_code}{why}",
                                  hint="the command failed inside the build; see its output above")
-            cleanup_upper(upper, lower, [b[1] for b in binds])
+            cleanup_upper(upper, lower, [b[1] for b in binds] + [t[0] for t in tmpfs])
             self.commit_upper(ins, state, upper, canonical, lower)
         except BaseException:
             shutil.rmtree(upper, ignore_errors=True)
@@ -722,7 +747,81 @@ class _Builder:
         finally:
             shutil.rmtree(work, ignore_errors=True)
             shutil.rmtree(scratch, ignore_errors=True)
+            for fd in locks:
+                os.close(fd)
         return False
+
+    def mount_source_fs(self, ins: df.Instruction, m: RunMount, state: _State) -> tuple[SourceFS, str, bool]:
+        """Where a bind mount's files come from: (fs, digest for the cache key, keep owners)."""
+        if not m.from_:
+            ctx = self.opts.context
+            paths = ctx.expand_sources([m.source or "."])
+            return ctx.fs(), ctx.digest(paths), False
+        idx = self.dockerfile.resolve_stage(m.from_, self.stage_index, line=ins.line)
+        if idx is not None:
+            src = self.states[idx]
+            chain = chain_id([x.diff_id for x in src.layers])
+            return ImageFS(StackView(self.store.snapshots.ensure(src.layers))), chain.hex if chain else "empty", True
+        img = self.resolver.resolve(m.from_, self.platform)
+        layers = [LayerRef(d, i) for d, i in zip(img.manifest.layers, img.config.diff_ids)]
+        return ImageFS(StackView(self.store.snapshots.ensure(layers))), str(img.descriptor.digest), True
+
+    def mount_key(self, ins: df.Instruction, m: RunMount, state: _State) -> str:
+        if m.type == "bind":
+            return m.canonical() + "|" + self.mount_source_fs(ins, m, state)[1]
+        return m.canonical()
+
+    def prepare_mount(self, ins: df.Instruction, m: RunMount, i: int, scratch: Path,
+                      binds: list[tuple[str, str, bool]], tmpfs: list[tuple[str, str]], locks: list[int],
+                      state: _State) -> None:
+        """Make the host side of one RUN --mount and add it to ``binds``/``tmpfs``."""
+        if m.type == "tmpfs":
+            tmpfs.append((m.target, m.size))
+        elif m.type == "secret":
+            data = self.opts.secrets.get(m.id)
+            if data is None:
+                if m.required:
+                    raise UserError(f"secret {m.id!r} is required but was not given",
+                                    hint=f"pass --secret id={m.id},src=FILE")
+                return
+            f = scratch / f"secret-{i}"
+            f.write_bytes(data)
+            os.chmod(f, m.mode if m.mode is not None else 0o400)
+            os.chown(f, m.uid or 0, m.gid or 0)
+            binds.append((str(f), m.target, True))
+        elif m.type == "cache":
+            base = self.store.metadata_dir / "run-cache"
+            d = base / hashlib.sha256(m.id.encode()).hexdigest()[:32]
+            fresh = not d.exists()
+            d.mkdir(parents=True, exist_ok=True)
+            lock_fd = os.open(base / f"{d.name}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            if m.sharing == "locked":
+                fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            elif m.sharing == "private":
+                try:
+                    fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    d = scratch / f"cache-{i}"  # someone else has it: a private, throw-away one
+                    d.mkdir()
+                    fresh = True
+            else:
+                fcntl.flock(lock_fd, fcntl.LOCK_SH)
+            locks.append(lock_fd)
+            if fresh:
+                os.chmod(d, m.mode if m.mode is not None else 0o755)
+                os.chown(d, m.uid or 0, m.gid or 0)
+            binds.append((str(d), m.target, m.readonly))
+        elif m.type == "bind":
+            fs, _, keep = self.mount_source_fs(ins, m, state)
+            d = scratch / f"bind-{i}"
+            d.mkdir()
+            items = plan_sources(fs, [m.source or "."], "/", "/", StackView([]),
+                                 where=f"{self.file}:{ins.line}: ")
+            apply_items(items, d, [], keep_owner=keep)
+            src = d
+            if items and items[-1].st.kind != "dir" and len(items) == 1:
+                src = d / posixpath.basename(items[0].dest)
+            binds.append((str(src), m.target, m.readonly))
 
     def record_meta_keyed(self, state: _State, canonical: str) -> bool:
         hit = not self.opts.no_cache and self.store.cache.get(state.key) is not None

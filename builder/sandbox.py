@@ -89,6 +89,7 @@ class SandboxSpec:
     stdin: bool = False                  # attach pybuild's stdin (pybuild run)
     init: bool = False                   # a reaping PID 1 runs the command as its child
     binds: Sequence[tuple[str, str, bool]] = ()   # (host path, sandbox path, read-only)
+    tmpfs: Sequence[tuple[str, str]] = ()         # (sandbox path, size option or "")
 
 
 @dataclass(frozen=True)
@@ -242,6 +243,9 @@ def _setup_root(spec: SandboxSpec, links: Path) -> None:
         _mount(host, target, None, MS_BIND | MS_REC)
         if ro:
             _mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_REC)
+    for inside, size in spec.tmpfs:
+        _ensure_mountpoint(merged, inside, "dir")
+        _mount("tmpfs", merged + inside, "tmpfs", MS_NOSUID | MS_NODEV, f"size={size}" if size else None)
     _check(_libc.sethostname(spec.hostname.encode(), len(spec.hostname.encode())), "sethostname")
     if spec.network == "none":
         _ifup_lo()
@@ -398,7 +402,8 @@ def _pump(fd: int, on_output: Callable[[bytes], None]) -> None:
 
 def cleanup_upper(upper: Path, lower_dirs: Sequence[Path], extra: Sequence[str] = ()) -> None:
     """Remove from ``upper`` the mount points the sandbox created (absent from the lower dirs)
-    and directories overlayfs copied up only for them (empty, same metadata as below)."""
+    and the directories made or copied up only to hold them (left empty, and absent below or
+    with the same metadata as below)."""
     view = StackView(lower_dirs)
     for path in list(MOUNT_POINTS) + list(extra):
         p = upper / path.lstrip("/")
@@ -419,10 +424,12 @@ def cleanup_upper(upper: Path, lower_dirs: Sequence[Path], extra: Sequence[str] 
                 qst = os.lstat(q)
             except FileNotFoundError:
                 break
-            if (low is None or not stat.S_ISDIR(qst.st_mode) or any(os.scandir(q)) or is_opaque(q)
-                    or (stat.S_IMODE(low.st_mode), low.st_uid, low.st_gid)
-                    != (stat.S_IMODE(qst.st_mode), qst.st_uid, qst.st_gid)):
+            if not stat.S_ISDIR(qst.st_mode) or any(os.scandir(q)) or is_opaque(q):
                 break
+            if low is not None and ((stat.S_IMODE(low.st_mode), low.st_uid, low.st_gid)
+                                    != (stat.S_IMODE(qst.st_mode), qst.st_uid, qst.st_gid)):
+                break  # a directory the step really changed
+            # Empty, and either made only to hold a mount point or copied up unchanged: drop it.
             q.rmdir()
             parent = os.path.dirname(parent)
 

@@ -320,11 +320,14 @@ def _parse_output(spec: str) -> dict[str, str]:
 @click.option("--memory", "-m", metavar="N", help="Memory limit for RUN steps (e.g. 512m, 2g).")
 @click.option("--pids-limit", type=int, metavar="N", help="Process limit for RUN steps.")
 @click.option("--cpus", type=float, metavar="N", help="CPU limit for RUN steps (e.g. 1.5).")
+@click.option("--secret", "secrets", multiple=True, metavar="id=ID,src=FILE|env=VAR",
+              help="A secret for RUN --mount=type=secret; repeatable.")
 @pass_ctx
 def build_cmd(c: Ctx, context: str, tags: tuple[str, ...], file: str | None, build_args: tuple[str, ...],
               target: str | None, no_cache: bool, labels: tuple[str, ...], iidfile: str | None, progress: str,
               quiet: bool, compression: str, outputs: tuple[str, ...], network: str, platform: str | None,
-              memory: str | None, pids_limit: int | None, cpus: float | None) -> None:
+              memory: str | None, pids_limit: int | None, cpus: float | None,
+              secrets: tuple[str, ...]) -> None:
     """Build an image from a Dockerfile and a context (a directory, a tar, or - for a Dockerfile on stdin)."""
     from pybuild.builder.build import BuildOptions, Progress, build
     from pybuild.builder.context import open_build_context
@@ -344,7 +347,8 @@ def build_cmd(c: Ctx, context: str, tags: tuple[str, ...], file: str | None, bui
                             target=target, no_cache=no_cache, labels=_parse_kv(labels, "--label"),
                             compression=compression,
                             platform=Platform.parse(platform) if platform else Platform.host(),
-                            network=network, limits=_limits(memory, pids_limit, cpus))
+                            network=network, limits=_limits(memory, pids_limit, cpus),
+                            secrets=_secrets(secrets))
         prog = Progress(mode, out=lambda line: click.echo(line, err=False), stream=sys.stdout)
         result = build(store, opts, progress=prog)
     for o in outs:
@@ -357,6 +361,29 @@ def build_cmd(c: Ctx, context: str, tags: tuple[str, ...], file: str | None, bui
         for t in result.tags:
             click.echo(f"Successfully tagged {t}")
         click.echo(f"--> {result.image_id}")
+
+
+def _secrets(specs: tuple[str, ...]) -> dict[str, bytes]:
+    """``--secret id=ID,src=FILE`` / ``id=ID,env=VAR`` → id → content."""
+    from pybuild.errors import NotFound, UsageError
+    out: dict[str, bytes] = {}
+    for spec in specs:
+        fields = dict(f.partition("=")[::2] for f in spec.split(","))
+        sid = fields.get("id")
+        src = fields.get("src") or fields.get("source")
+        if not sid or not (src or fields.get("env")):
+            raise UsageError(f"invalid --secret {spec!r}", hint="use --secret id=ID,src=FILE or id=ID,env=VAR")
+        if src:
+            try:
+                out[sid] = Path(src).read_bytes()
+            except OSError as e:
+                raise NotFound(f"--secret {sid}: cannot read {src}: {e.strerror}") from None
+        else:
+            var = fields["env"]
+            if var not in os.environ:
+                raise NotFound(f"--secret {sid}: environment variable {var} is not set")
+            out[sid] = os.environ[var].encode()
+    return out
 
 
 def _limits(memory: str | None, pids: int | None, cpus: float | None) -> "Any":

@@ -199,3 +199,41 @@ RUN rm -rf /d && mkdir /d && echo made-by-run > /d/new
                        text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert p.stdout.split() == ["made-by-run", "new", "vi-whited-out"]
+
+
+def test_run_mounts_secret_cache_bind_tmpfs(pb_busybox: PB, tmp_path: Path) -> None:
+    secret = tmp_path / "token.txt"
+    secret.write_text("s3cr3t-value")
+    ctx = tmp_path / "ctx"
+    (ctx / "conf").mkdir(parents=True)
+    (ctx / "conf/app.conf").write_text("from-context\n")
+    df = """FROM busybox AS tools
+RUN echo tool > /tool
+FROM busybox
+RUN --mount=type=secret,id=tok cat /run/secrets/tok && echo && ls -l /run/secrets/tok
+RUN --mount=type=secret,id=tok,target=/etc/tok.txt,mode=0440 cut -c1-2 /etc/tok.txt
+RUN --mount=type=cache,target=/cache echo run >> /cache/log && wc -l < /cache/log
+RUN --mount=type=bind,source=conf,target=/mnt/conf cat /mnt/conf/app.conf && ! touch /mnt/conf/x 2>/dev/null
+RUN --mount=type=bind,from=tools,source=/tool,target=/t cat /t
+RUN --mount=type=tmpfs,target=/scratch echo x > /scratch/y && cat /scratch/y
+"""
+    r = build(pb_busybox, tmp_path, df, "-t", "mnt", "--secret", f"id=tok,src={secret}")
+    assert "s3cr3t-value" in r.out and "-r--------" in r.out and "from-context" in r.out and "\ntool\n" in r.out
+    assert "\n1\n" in r.out  # the cache mount's first use
+    r2 = build(pb_busybox, tmp_path, df.replace("wc -l", "wc -l "), "-t", "mnt", "--secret", f"id=tok,src={secret}")
+    assert "\n2\n" in r2.out  # the cache mount kept its content across builds
+    blobs = list((pb_busybox.root / "blobs/sha256").iterdir())
+    assert not any(b"s3cr3t-value" in _maybe_gunzip(b.read_bytes()) for b in blobs)  # in no layer, config, history
+    for name in layer_names(pb_busybox, "mnt")[1:]:
+        assert not any(n.startswith(("run", "etc", "mnt", "t", "scratch", "cache")) for n in name), name
+    r = build(pb_busybox, tmp_path, "FROM busybox\nRUN --mount=type=secret,id=missing,required cat /run/secrets/missing\n",
+              "-t", "nosecret", check=False)
+    assert r.code == 1 and "missing" in r.err and "Dockerfile:2" in r.err
+
+
+def _maybe_gunzip(data: bytes) -> bytes:
+    import gzip
+    try:
+        return gzip.decompress(data)
+    except OSError:
+        return data
