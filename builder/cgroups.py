@@ -125,6 +125,17 @@ class Cgroup:
             raise BuildError(f"cannot create a cgroup: {e}",
                              hint="run as root, or without --memory/--pids-limit/--cpus") from None
 
+    @classmethod
+    def create_or_none(cls, limits: Limits) -> "Cgroup | None":
+        """``create``, except that without limits a failure (e.g. rootless, no delegation)
+        gives None: the process then simply runs in pybuild's own cgroup."""
+        if limits.memory or limits.pids or limits.cpus:
+            return cls.create(limits)
+        try:
+            return cls.create(limits)
+        except BuildError:
+            return None
+
     def procs_files(self) -> list[str]:
         """Files a process writes its pid to, to join the cgroup."""
         return [str(d / "cgroup.procs") for d in self.dirs]

@@ -37,6 +37,8 @@ from typing import Callable, Sequence
 from pybuild.errors import BuildError
 from pybuild.store.snapshots import StackView, is_opaque
 
+from pybuild.userns import in_user_namespace
+
 from .cgroups import Cgroup, Limits
 
 __all__ = ["SandboxSpec", "SandboxResult", "run_sandboxed", "cleanup_upper", "MOUNT_POINTS"]
@@ -164,8 +166,12 @@ def _read_db(path: str) -> dict[str, list[str]]:
 def _overlay_options(spec: SandboxSpec, links: Path) -> str:
     """Mount options with short relative lower paths (the caller chdirs into ``links``)."""
     lowers = [str(i) for i in reversed(range(len(spec.lower_dirs)))] or ["empty"]
-    return (f"lowerdir={':'.join(lowers)},upperdir={spec.upper},workdir={spec.work},"
-            "redirect_dir=off,metacopy=off,index=off")
+    opts = f"lowerdir={':'.join(lowers)},upperdir={spec.upper},workdir={spec.work},metacopy=off,index=off"
+    # Renamed directories must be copied up whole (no redirect xattrs), so the upper dir is a
+    # plain diff. Rootless overlay uses user.overlay.* xattrs and only allows "nofollow" there.
+    if in_user_namespace():
+        return opts + ",userxattr,redirect_dir=nofollow"
+    return opts + ",redirect_dir=off"
 
 
 def _prepare_scratch(spec: SandboxSpec) -> Path:
@@ -216,9 +222,12 @@ def _setup_root(spec: SandboxSpec, links: Path) -> None:
     _mount("proc", merged + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     try:
         _mount("sysfs", merged + "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY)
-    except OSError:
+    except OSError:  # e.g. rootless with the host's network namespace: bind the host's /sys
         _mount("/sys", merged + "/sys", None, MS_BIND | MS_REC)
-        _mount(None, merged + "/sys", None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_REC)
+        try:
+            _mount(None, merged + "/sys", None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_REC)
+        except OSError:
+            pass  # locked flags in a user namespace; the host's /sys is not writable there anyway
     dev = merged + "/dev"
     _mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=755,size=65536k")
     for name in _DEVICES:
@@ -261,7 +270,11 @@ def _setup_root(spec: SandboxSpec, links: Path) -> None:
 def _exec(spec: SandboxSpec, uid: int, gid: int, supp: list[int], env: dict[str, str], err_w: int) -> None:
     """Become the user and exec the command; on failure report it on ``err_w`` and exit 126/127."""
     try:
-        os.setgroups(supp)
+        try:
+            os.setgroups(supp)
+        except PermissionError:
+            if not _setgroups_denied():
+                raise  # only a single-id user namespace may not set groups
         os.setgid(gid)
         os.setuid(uid)
         try:
@@ -278,6 +291,14 @@ def _exec(spec: SandboxSpec, uid: int, gid: int, supp: list[int], env: dict[str,
         os.write(err_w, f"exec: {msg}".encode())
         os._exit(127 if e.errno == errno.ENOENT else 126)
     os._exit(127)
+
+
+def _setgroups_denied() -> bool:
+    try:
+        with open("/proc/self/setgroups") as f:
+            return f.read().strip() == "deny"
+    except OSError:
+        return False
 
 
 def _child_b(spec: SandboxSpec, links: Path, err_w: int) -> int:
@@ -311,7 +332,7 @@ def run_sandboxed(spec: SandboxSpec, on_output: Callable[[bytes], None] | None =
     the terminal when None). Returns the exit status. Raises BuildError when the sandbox cannot
     be set up (with the reason)."""
     links = _prepare_scratch(spec)
-    cg = Cgroup.create(spec.limits)
+    cg = Cgroup.create_or_none(spec.limits)
     out_r, out_w = os.pipe() if on_output is not None else (-1, -1)
     err_r, err_w = os.pipe()
     try:
@@ -330,7 +351,7 @@ def run_sandboxed(spec: SandboxSpec, on_output: Callable[[bytes], None] | None =
                     os.dup2(devnull, 0)
                     os.close(devnull)
                 _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-                for f in cg.procs_files():
+                for f in (cg.procs_files() if cg else []):
                     with open(f, "w") as fh:
                         fh.write(str(os.getpid()))
                 flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS | CLONE_NEWIPC
@@ -366,7 +387,7 @@ def run_sandboxed(spec: SandboxSpec, on_output: Callable[[bytes], None] | None =
         while chunk := os.read(err_r, 65536):
             err += chunk
         text = err.decode(errors="replace")
-        oom = cg.oom_killed()
+        oom = cg.oom_killed() if cg else False
         if text.startswith("sandbox setup:"):
             raise BuildError(text, hint="RUN needs root (or user namespaces), overlayfs and cgroups")
         return SandboxResult(code, oom, text)
@@ -377,7 +398,8 @@ def run_sandboxed(spec: SandboxSpec, on_output: Callable[[bytes], None] | None =
                     os.close(fd)
                 except OSError:
                     pass
-        cg.remove()
+        if cg:
+            cg.remove()
 
 
 def _waitpid(pid: int) -> tuple[int, int]:

@@ -454,6 +454,10 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: runs the CLI and turns PybuildError into a message and an exit code."""
     args = _insert_build(list(sys.argv[1:] if argv is None else argv))
     debug = "--debug" in args
+    from pybuild.userns import reexec_in_user_namespace
+    rc = reexec_in_user_namespace(args)  # not root: continue as root of a user namespace
+    if rc is not None:
+        return rc
     try:
         rv = cli.main(args=args, prog_name="pybuild", standalone_mode=False)
         return rv if isinstance(rv, int) else 0  # click returns Exit codes in this mode

@@ -209,6 +209,13 @@ def entries_from_upper(upper: str | os.PathLike[str], exists_below: Callable[[st
     return sorted(out, key=lambda x: _sort_key(x.path))
 
 
+def _opaque_xattr() -> str:
+    """trusted.overlay.opaque as root; user.overlay.opaque in a user namespace (overlay's
+    userxattr mode), where trusted.* cannot be set."""
+    from pybuild.userns import in_user_namespace
+    return "user.overlay.opaque" if in_user_namespace() else "trusted.overlay.opaque"
+
+
 def _opaque(path: str) -> bool:
     for n in ("trusted.overlay.opaque", "user.overlay.opaque"):
         try:
@@ -599,7 +606,7 @@ def _apply_metadata(target: Path, m: tarfile.TarInfo, typ: str, same_owner: bool
 def _whiteout(root: Path, parent: Path, base: str, mode: str, created: set[str], rel: str) -> None:
     if base == OPAQUE_WHITEOUT:
         if mode == "overlay":
-            os.setxattr(parent, "trusted.overlay.opaque", b"y")
+            os.setxattr(parent, _opaque_xattr(), b"y")
             return
         for child in list(parent.iterdir()):
             if os.path.relpath(child, root) not in created:
