@@ -34,12 +34,22 @@ def layer_names(pb: PB, image: str) -> list[list[str]]:
     return out
 
 
+def _pybuild_cgroups() -> set[str]:
+    return {base for base, _, _ in os.walk("/sys/fs/cgroup") if os.path.basename(base).startswith("pybuild-")}
+
+
+_BEFORE = _pybuild_cgroups()
+
+
 def leftover_cgroups() -> list[str]:
-    found = []
-    for base, _, _ in os.walk("/sys/fs/cgroup"):
-        if os.path.basename(base).startswith("pybuild-"):
-            found.append(base)
-    return found
+    """pybuild cgroups that still exist (other pybuild processes on the machine may hold
+    cgroups for a moment, so give those time to go)."""
+    for _ in range(100):
+        left = _pybuild_cgroups() - _BEFORE
+        if not left:
+            return []
+        time.sleep(0.05)
+    return sorted(left)
 
 
 def overlay_mounts() -> int:
