@@ -27,6 +27,7 @@ from pybuild.oci import (ANNOTATION_REF_NAME, Descriptor, Digest, ImageConfig, I
 from pybuild.reference import parse_reference
 
 from .content import Ingest
+from .fsutil import atomic_output
 from .layers import open_decompressed
 from .store import Store
 
@@ -79,12 +80,6 @@ def _closure(store: Store, desc: Descriptor, out: dict[Digest, Descriptor]) -> N
             out[layer.digest] = layer
 
 
-def _atomic_output(path: Path) -> tuple[BinaryIO, str]:
-    d = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=d)
-    return os.fdopen(fd, "wb"), tmp
-
-
 def save(store: Store, names: list[str], out_path: str | os.PathLike[str],
          fmt: str = "oci-archive") -> list[str]:
     """Write the named images to ``out_path`` as ``oci-archive`` or ``docker-archive``.
@@ -101,25 +96,16 @@ def save(store: Store, names: list[str], out_path: str | os.PathLike[str],
         shown = ref.familiar if ref is not None and ref.familiar in tags else n
         resolved.append((shown, desc))
     out = Path(out_path)
+    if not out.parent.is_dir():
+        raise UserError(f"cannot write {out}: {out.parent} is not a directory")
     try:
-        f, tmp = _atomic_output(out)
-    except OSError as e:
-        raise UserError(f"cannot write {out}: {e.strerror}") from None
-    try:
-        with f:
+        with atomic_output(out) as f:
             if fmt == "oci-archive":
                 _save_oci(store, resolved, f)
             else:
                 _save_docker(store, resolved, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    except PermissionError as e:
+        raise UserError(f"cannot write {out}: {e.strerror}") from None
     return [n for n, _ in resolved]
 
 

@@ -26,6 +26,7 @@ from typing import BinaryIO, Callable, Iterable, Iterator, Literal, Mapping
 
 from pybuild.errors import InvalidArchive, UnsafeLayer
 from pybuild.oci import Descriptor, Digest, MediaType
+from pybuild.paths import TooManyLinks, resolve_in_root
 
 from .content import ContentStore
 
@@ -434,32 +435,17 @@ def secure_join(root: Path, rel: str, follow_final: bool = True) -> Path:
     """Resolve ``rel`` under ``root`` as if ``root`` were ``/``; the result is inside ``root``.
 
     Symlinks met on the way are followed within the root (absolute targets restart at ``root``,
-    ``..`` never climbs above it). Missing components are kept as they are.
+    ``..`` never climbs above it). Missing components are kept as they are. Raises UnsafeLayer
+    for a symlink loop.
     """
-    todo = [p for p in rel.split("/") if p not in ("", ".")]
-    todo.reverse()
-    cur: list[str] = []
-    links = 0
-    while todo:
-        part = todo.pop()
-        if part == "..":
-            if cur:
-                cur.pop()
-            continue
-        candidate = root.joinpath(*cur, part)
-        is_final = not todo
-        if (not is_final or follow_final) and candidate.is_symlink():
-            links += 1
-            if links > 255:
-                raise UnsafeLayer(f"too many levels of symbolic links resolving {rel!r}")
-            target = os.readlink(candidate)
-            if target.startswith("/"):
-                cur = []
-            more = [p for p in target.split("/") if p not in ("", ".")]
-            todo.extend(reversed(more))
-            continue
-        cur.append(part)
-    return root.joinpath(*cur)
+    def readlink(parts: list[str]) -> str | None:
+        p = root.joinpath(*parts)
+        return os.readlink(p) if p.is_symlink() else None
+
+    try:
+        return root.joinpath(*resolve_in_root(rel, readlink, follow_final))
+    except TooManyLinks as e:
+        raise UnsafeLayer(str(e)) from None
 
 
 def _remove(path: Path) -> None:

@@ -23,6 +23,7 @@ from typing import BinaryIO, Iterator, Sequence
 
 from pybuild.errors import DigestMismatch, InvalidArchive
 from pybuild.oci import Descriptor, Digest, chain_ids
+from pybuild.paths import TooManyLinks, resolve_in_root
 
 from .content import ContentStore
 from .fsutil import fsync_dir
@@ -207,28 +208,17 @@ class StackView:
         return [p for p in path.split("/") if p and p != "."]
 
     def resolve(self, path: str, follow_final: bool = True) -> str:
-        """Resolve symlinks in ``path`` inside the image (as if its root were ``/``)."""
-        todo = list(reversed(self._parts(path)))
-        cur: list[str] = []
-        links = 0
-        while todo:
-            part = todo.pop()
-            if part == "..":
-                if cur:
-                    cur.pop()
-                continue
-            found = self._lookup(cur + [part])
-            if found and stat.S_ISLNK(found[1].st_mode) and (todo or follow_final):
-                links += 1
-                if links > 255:
-                    raise InvalidArchive(f"too many levels of symbolic links resolving {path!r} in the image")
-                target = os.readlink(found[0])
-                if target.startswith("/"):
-                    cur = []
-                todo.extend(reversed([p for p in target.split("/") if p and p != "."]))
-                continue
-            cur.append(part)
-        return "/" + "/".join(cur)
+        """Resolve symlinks in ``path`` inside the image (as if its root were ``/``).
+
+        Raises InvalidArchive for a symlink loop."""
+        def readlink(parts: list[str]) -> str | None:
+            found = self._lookup(parts)
+            return os.readlink(found[0]) if found and stat.S_ISLNK(found[1].st_mode) else None
+
+        try:
+            return "/" + "/".join(resolve_in_root(path, readlink, follow_final))
+        except TooManyLinks as e:
+            raise InvalidArchive(f"{e} in the image") from None
 
     def listdir(self, path: str) -> list[str]:
         """Merged directory listing (sorted), honouring whiteouts and opaque directories."""
