@@ -1,0 +1,541 @@
+"""Fixtures for the registry tests: the real CNCF distribution registry and helpers around it.
+
+- ``registry``: ``docker-registry serve`` (Debian package ``docker-registry``) on a free
+  127.0.0.1 port with filesystem storage in a temp dir, no auth; one per test session.
+- ``basic_registry``: the same with ``auth.htpasswd`` (user ``alice``, password ``s3cret``;
+  the bcrypt hash comes from the stdlib ``crypt`` module, else ``htpasswd -B`` from apache2-utils).
+- ``token_registry``: the same with ``auth.token``: a real token service (``TokenServer``, stdlib
+  ``http.server``) issues RS256 JWTs signed by ``openssl`` with a self-signed certificate that
+  the registry trusts (``rootcertbundle``); the registry verifies them exactly as in production.
+- ``make_proxy``: ``FaultProxy``, an HTTP proxy in front of a real registry that forwards every
+  request and, on rules the test adds, cuts a response after N bytes, answers 429/5xx, corrupts a
+  body, redirects blob downloads to another host name, or paginates tag lists. It records every
+  request. It injects faults into real traffic; it does not imitate the registry.
+"""
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import os
+import re
+import shutil
+import socket
+import ssl
+import subprocess
+import threading
+import time
+import uuid
+import warnings
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Iterator
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from pybuild.registry import RegistryClient, RetryPolicy
+
+REGISTRY_BIN = "docker-registry"
+USER, PASSWORD = "alice", "s3cret"
+FAST_RETRY = RetryPolicy(tries=5, base_delay=0.05, max_delay=0.2, total=20.0)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- the real registry -------------------------------------------------------------------------
+class RegistryServer:
+    """One ``docker-registry serve CONFIG`` process on 127.0.0.1:<free port>."""
+
+    def __init__(self, workdir: Path, auth_yaml: str = "") -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.host = f"127.0.0.1:{self.port}"
+        self.config = workdir / "config.yml"
+        self.log_path = workdir / "registry.log"
+        self.config.write_text(f"""version: 0.1
+log:
+  level: info
+  accesslog:
+    disabled: false
+storage:
+  filesystem:
+    rootdirectory: {workdir / 'data'}
+  delete:
+    enabled: true
+  maintenance:
+    uploadpurging:
+      enabled: false
+http:
+  addr: {self.host}
+  secret: pbtest-{uuid.uuid4().hex}
+{auth_yaml}""")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> "RegistryServer":
+        if shutil.which(REGISTRY_BIN) is None:
+            pytest.fail(f"{REGISTRY_BIN} is required: apt-get install docker-registry", pytrace=False)
+        log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen([REGISTRY_BIN, "serve", str(self.config)], stdout=log,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        log.close()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                break
+            try:
+                c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+                c.request("GET", "/v2/")
+                status = c.getresponse().status
+                c.close()
+                if status in (200, 401):
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.05)
+        self.stop()
+        pytest.fail(f"the registry did not start:\n{self.log_path.read_text()[-3000:]}", pytrace=False)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
+    """The real distribution registry, no auth."""
+    srv = RegistryServer(tmp_path_factory.mktemp("registry")).start()
+    yield srv
+    srv.stop()
+
+
+def bcrypt_hash(password: str) -> str:
+    """A bcrypt hash (the only kind distribution's htpasswd accepts), cost 4 for speed."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import crypt  # stdlib until 3.13; libxcrypt does bcrypt
+        h = crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=16))
+        if h and h.startswith("$2"):
+            return h
+    except (ImportError, ValueError, OSError):
+        pass
+    if shutil.which("htpasswd"):
+        out = subprocess.run(["htpasswd", "-nbBC", "4", "x", password], capture_output=True,
+                             text=True, check=True).stdout
+        return out.strip().split(":", 1)[1]
+    pytest.fail("no bcrypt: need Python's crypt module or htpasswd (apt-get install apache2-utils)",
+                pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def basic_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
+    """The real registry with htpasswd (Basic) auth for alice/s3cret."""
+    d = tmp_path_factory.mktemp("basic-registry")
+    (d / "htpasswd").write_text(f"{USER}:{bcrypt_hash(PASSWORD)}\n")
+    srv = RegistryServer(d, f"""auth:
+  htpasswd:
+    realm: pbtest-basic
+    path: {d / 'htpasswd'}
+""").start()
+    yield srv
+    srv.stop()
+
+
+# -- a real token service ----------------------------------------------------------------------
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+class TokenServer:
+    """A docker token service (the distribution "token" auth spec) for the tests.
+
+    ``GET /token?service=…&scope=…`` with optional Basic auth. Anonymous callers get ``pull``
+    only; alice/s3cret gets what she asks for; a wrong password is a 401. Tokens are RS256 JWTs
+    with an ``x5c`` header, signed with ``openssl dgst -sha256 -sign``. ``requests`` records
+    (user, scopes) of every call. ``token_key`` picks the JSON key ("token" or "access_token").
+    """
+
+    service = "pbtest-registry"
+    issuer = "pbtest-issuer"
+
+    def __init__(self, workdir: Path) -> None:
+        self.key = workdir / "token.key"
+        self.cert = workdir / "token.crt"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                        str(self.key), "-out", str(self.cert), "-days", "2", "-subj", "/CN=pbtest-token"],
+                       check=True, capture_output=True)
+        self.x5c = base64.b64encode(ssl.PEM_cert_to_DER_cert(self.cert.read_text())).decode()
+        self.requests: list[tuple[str, list[str]]] = []
+        self.token_key = "token"
+        self.expires_in = 300
+        self._lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                server._handle(self)
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self.port = self._httpd.server_address[1]
+        self.realm = f"http://127.0.0.1:{self.port}/token"
+        threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True).start()
+
+    def sign(self, claims: dict[str, Any]) -> str:
+        header = {"typ": "JWT", "alg": "RS256", "x5c": [self.x5c]}
+        signing_input = f"{_b64url(json.dumps(header).encode())}.{_b64url(json.dumps(claims).encode())}"
+        sig = subprocess.run(["openssl", "dgst", "-sha256", "-sign", str(self.key)],
+                             input=signing_input.encode(), capture_output=True, check=True).stdout
+        return f"{signing_input}.{_b64url(sig)}"
+
+    def _handle(self, h: BaseHTTPRequestHandler) -> None:
+        q = parse_qs(urlsplit(h.path).query)
+        user = ""
+        authz = h.headers.get("Authorization", "")
+        if authz.startswith("Basic "):
+            u, _, p = base64.b64decode(authz[6:]).decode().partition(":")
+            if (u, p) != (USER, PASSWORD):
+                h.send_response(401)
+                h.send_header("Content-Length", "0")
+                h.end_headers()
+                return
+            user = u
+        scopes = q.get("scope", [])
+        with self._lock:
+            self.requests.append((user, scopes))
+        access = []
+        for s in scopes:
+            for entry in s.split():
+                typ, _, rest = entry.partition(":")
+                name, _, actions = rest.rpartition(":")
+                granted = [a for a in actions.split(",") if user or a == "pull"]
+                access.append({"type": typ, "name": name, "actions": granted})
+        now = int(time.time())
+        token = self.sign({"iss": self.issuer, "sub": user, "aud": self.service, "exp": now + self.expires_in,
+                           "nbf": now - 10, "iat": now, "jti": uuid.uuid4().hex, "access": access})
+        body = json.dumps({self.token_key: token, "expires_in": self.expires_in}).encode()
+        h.send_response(200)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        h.wfile.write(body)
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+@pytest.fixture(scope="session")
+def token_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TokenServer]:
+    if shutil.which("openssl") is None:
+        pytest.fail("openssl is required for the token-auth tests", pytrace=False)
+    ts = TokenServer(tmp_path_factory.mktemp("token"))
+    yield ts
+    ts.stop()
+
+
+@pytest.fixture(scope="session")
+def token_registry(tmp_path_factory: pytest.TempPathFactory, token_server: TokenServer) -> Iterator[RegistryServer]:
+    """The real registry with token (Bearer) auth trusting ``token_server``."""
+    srv = RegistryServer(tmp_path_factory.mktemp("token-registry"), f"""auth:
+  token:
+    realm: {token_server.realm}
+    service: {token_server.service}
+    issuer: {token_server.issuer}
+    rootcertbundle: {token_server.cert}
+""").start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def tokens(token_server: TokenServer) -> Iterator[TokenServer]:
+    """The token server with its request log cleared (and settings restored afterwards)."""
+    token_server.requests.clear()
+    yield token_server
+    token_server.token_key = "token"
+    token_server.expires_in = 300
+
+
+# -- the fault-injecting proxy -----------------------------------------------------------------
+_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
+        "transfer-encoding", "upgrade"}
+
+
+@dataclass
+class Rule:
+    """``action`` on requests whose method and path (with query) match; ``times`` < 0 = always."""
+
+    action: str     # status | cut | corrupt | redirect | paginate_tags | strip_range | relative_location
+    method: str | None = None
+    path: str = ".*"
+    times: int = 1
+    status: int = 503
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+    after: int = 0                  # cut: bytes of the body sent before the connection drops
+    nth: int = 1                    # apply from the n-th matching request on
+    seen: int = 0
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    host: str
+    authorization: str
+    range: str
+    status: int
+    action: str
+
+
+class FaultProxy:
+    """Forwards HTTP to a real upstream registry, applying the rules added with ``add``."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.rules: list[Rule] = []
+        self.log: list[Seen] = []
+        self.upstream_auth: str | None = None   # Authorization for redirected ("storage") requests
+        self._lock = threading.Lock()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a: Any) -> None:
+                pass
+
+            def handle_one_request(self) -> None:
+                try:
+                    super().handle_one_request()
+                except (ConnectionError, socket.timeout):
+                    self.close_connection = True
+
+            def __getattr__(self, name: str) -> Any:
+                if name.startswith("do_"):
+                    return lambda: proxy._handle(self)
+                raise AttributeError(name)
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self.port = self._httpd.server_address[1]
+        self.host = f"127.0.0.1:{self.port}"
+        threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True).start()
+
+    def add(self, action: str, method: str | None = None, path: str = ".*", **kw: Any) -> Rule:
+        rule = Rule(action, method, path, **kw)
+        with self._lock:
+            self.rules.append(rule)
+        return rule
+
+    def requests(self, method: str | None = None, path: str = ".*") -> list[Seen]:
+        return [s for s in self.log if (method is None or s.method == method) and re.search(path, s.path)]
+
+    def _match(self, method: str, path: str, redirected: bool) -> Rule | None:
+        with self._lock:
+            for r in self.rules:
+                if (r.method is None or r.method == method) and re.search(r.path, path) and r.times != 0:
+                    if r.action == "redirect" and redirected:
+                        continue
+                    r.seen += 1
+                    if r.seen < r.nth:
+                        continue
+                    if r.times > 0:
+                        r.times -= 1
+                    return r
+        return None
+
+    def _send(self, h: BaseHTTPRequestHandler, status: int, headers: list[tuple[str, str]],
+              body: bytes, length: int | None = None) -> None:
+        h.send_response(status)
+        for k, v in headers:
+            h.send_header(k, v)
+        h.send_header("Content-Length", str(len(body) if length is None else length))
+        h.end_headers()
+        if body:
+            h.wfile.write(body)
+
+    def _upstream(self, method: str, path: str, headers: dict[str, str],
+                  body: bytes | None) -> tuple[int, list[tuple[str, str]], bytes]:
+        c = http.client.HTTPConnection(self.upstream, timeout=30)
+        try:
+            c.request(method, path, body=body, headers=headers)
+            r = c.getresponse()
+            return r.status, r.getheaders(), r.read()
+        finally:
+            c.close()
+
+    def _handle(self, h: BaseHTTPRequestHandler) -> None:
+        method, path = h.command, h.path
+        n = int(h.headers.get("Content-Length") or 0)
+        body = h.rfile.read(n) if n else None
+        host = h.headers.get("Host", "")
+        redirected = host.startswith("localhost")
+        rule = self._match(method, path, redirected)
+        action = rule.action if rule else ""
+        status = 0
+
+        def record() -> None:
+            with self._lock:
+                self.log.append(Seen(method, path, host, h.headers.get("Authorization", ""),
+                                     h.headers.get("Range", ""), status, action))
+
+        if rule and rule.action == "status":
+            status = rule.status
+            record()
+            self._send(h, rule.status, list(rule.headers.items()), rule.body)
+            return
+        if rule and rule.action == "redirect":
+            status = 307
+            record()
+            self._send(h, 307, [("Location", f"http://localhost:{self.port}{path}")], b"")
+            return
+        fwd = {k: v for k, v in h.headers.items() if k.lower() not in _HOP}
+        if redirected and self.upstream_auth:
+            fwd["Authorization"] = self.upstream_auth
+        if rule and rule.action == "strip_range":
+            fwd = {k: v for k, v in fwd.items() if k.lower() != "range"}
+        if rule and rule.action == "paginate_tags":
+            status, out, data = self._paginate(path, fwd)
+            record()
+            self._send(h, status, out, data)
+            return
+        status, up_headers, data = self._upstream(method, path, fwd, body)
+        record()
+        out = [(k, v) for k, v in up_headers if k.lower() not in _HOP and k.lower() != "content-length"]
+        length = None
+        if method == "HEAD":
+            length = int(dict((k.lower(), v) for k, v in up_headers).get("content-length", "0"))
+        if rule and rule.action == "relative_location":
+            out = [(k, urlsplit(v)._replace(scheme="", netloc="").geturl() if k.lower() == "location" else v)
+                   for k, v in out]
+        if rule and rule.action == "corrupt" and data:
+            i = len(data) // 2
+            data = data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1:]
+        if rule and rule.action == "cut":
+            h.send_response(status)
+            for k, v in out:
+                h.send_header(k, v)
+            h.send_header("Content-Length", str(len(data)))
+            h.end_headers()
+            h.wfile.write(data[:rule.after])
+            h.wfile.flush()
+            h.close_connection = True
+            try:
+                h.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            return
+        self._send(h, status, out, data, length)
+
+    def _paginate(self, path: str, headers: dict[str, str]) -> tuple[int, list[tuple[str, str]], bytes]:
+        """Tag-list pagination (``n``, ``last``, ``Link``) over the upstream's full list:
+        distribution 2.8 ignores ``n`` for tags (it paginates only ``_catalog``)."""
+        parts = urlsplit(path)
+        q = parse_qs(parts.query)
+        status, up_headers, data = self._upstream("GET", parts.path, headers, None)
+        if status != 200:
+            return status, [(k, v) for k, v in up_headers if k.lower() not in _HOP | {"content-length"}], data
+        obj = json.loads(data)
+        tags = sorted(obj.get("tags") or [])
+        if "last" in q:
+            tags = [t for t in tags if t > q["last"][0]]
+        out: list[tuple[str, str]] = [("Content-Type", "application/json")]
+        if "n" in q:
+            n = int(q["n"][0])
+            if len(tags) > n:
+                tags = tags[:n]
+                out.append(("Link", f'<{parts.path}?n={n}&last={tags[-1]}>; rel="next"'))
+        return 200, out, json.dumps({"name": obj.get("name"), "tags": tags}).encode()
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+@pytest.fixture
+def make_proxy() -> Iterator[Any]:
+    """``make_proxy(server)`` → a FaultProxy in front of that real registry (stopped after the test)."""
+    made: list[FaultProxy] = []
+
+    def make(server: RegistryServer) -> FaultProxy:
+        p = FaultProxy(server.host)
+        made.append(p)
+        return p
+    yield make
+    for p in made:
+        p.stop()
+
+
+@pytest.fixture
+def repo(request: pytest.FixtureRequest) -> str:
+    """A repository name unique to the test."""
+    name = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:60]
+    return f"t/{name}-{uuid.uuid4().hex[:6]}"
+
+
+def client_for(host: str, **kw: Any) -> RegistryClient:
+    """A client with fast retries and no docker config (unless ``env`` is given)."""
+    kw.setdefault("retry", FAST_RETRY)
+    kw.setdefault("env", {"DOCKER_CONFIG": "/nonexistent-pbtest"})
+    return RegistryClient(host, **kw)
+
+
+class Counter:
+    """A response hook for a client's session: records (method, path?query, status)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, int]] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, r: Any, *a: Any, **kw: Any) -> Any:
+        u = urlsplit(r.request.url)
+        with self._lock:
+            self.calls.append((r.request.method, u.path + (f"?{u.query}" if u.query else ""), r.status_code))
+            for h in r.history:
+                if h.status_code != 401:   # redirect hops are seen by the hook on their own
+                    continue
+                hu = urlsplit(h.request.url)
+                self.calls.append((h.request.method, hu.path + (f"?{hu.query}" if hu.query else ""),
+                                   h.status_code))
+        return r
+
+    def matching(self, method: str, path_re: str = ".*") -> list[tuple[str, str, int]]:
+        return [c for c in self.calls if c[0] == method and re.search(path_re, c[1])]
+
+    def attach(self, client: RegistryClient) -> RegistryClient:
+        client.session.hooks["response"].append(self)
+        return client
+
+
+@pytest.fixture(scope="session")
+def busybox_store(tmp_path_factory: pytest.TempPathFactory, busybox_tar: Path) -> Path:
+    """A store root holding busybox:latest, imported once with the real CLI."""
+    from conftest import PB
+    root = tmp_path_factory.mktemp("src-store") / "store"
+    PB(root).run("import", str(busybox_tar), "busybox:latest")
+    return root
+
+
+def os_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(extra)
+    return env
