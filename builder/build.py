@@ -55,6 +55,28 @@ class ImageResolver(Protocol):
     def resolve(self, name: str, platform: Platform) -> Image: ...
 
 
+class PullingResolver:
+    """Base images from the store, else pulled from their registry (docker's default)."""
+
+    def __init__(self, store: Store, progress: "Progress | None" = None) -> None:
+        self.store = store
+        self.progress = progress
+
+    def resolve(self, name: str, platform: Platform) -> Image:
+        try:
+            _, desc = self.store.resolve(name)
+            return self.store.load(desc, platform)
+        except NotFound as local:
+            from pybuild.registry import pull
+            if self.progress:
+                self.progress.line(f"pulling {name}")
+            try:
+                _, desc = pull(self.store, name, platform)
+            except PybuildError as e:
+                raise NotFound(f"{local.message}, and pulling it failed: {e.message}", hint=e.hint) from None
+            return self.store.load(desc, platform)
+
+
 class StoreResolver:
     """Base images from the local store only."""
 
@@ -171,6 +193,7 @@ class BuildOptions:
     network: str = "host"
     limits: Limits = field(default_factory=Limits)
     secrets: Mapping[str, bytes] = field(default_factory=dict)
+    cache_from: tuple[Any, ...] = ()   # registry caches (pybuild.registry.cache.RemoteCache)
 
 
 @dataclass(frozen=True)
@@ -180,6 +203,7 @@ class BuildResult:
     tags: tuple[str, ...]
     cached_steps: int
     total_steps: int
+    cache_keys: tuple[str, ...] = ()
 
 
 @dataclass
@@ -271,7 +295,7 @@ class _Builder:
             self.store.tags.add_untagged(desc)
         self.store.cache.link(desc.digest, self.keys, self.chains)
         image_id = self.store.load(desc).id
-        return BuildResult(desc, image_id, tags, self.cached, self.total)
+        return BuildResult(desc, image_id, tags, self.cached, self.total, tuple(self.keys))
 
     def eval_global_args(self, dockerfile: df.Dockerfile) -> dict[str, str | None]:
         env: dict[str, str | None] = dict(self.platform_args())
@@ -438,7 +462,7 @@ class _Builder:
         """Advance the key for a metadata step; returns True when it was seen before (CACHED)."""
         state.key = _h(state.key, canonical)
         self.keys.append(state.key)
-        hit = not self.opts.no_cache and self.store.cache.get(state.key) is not None
+        hit = self.cache_get(state.key) is not None
         if not hit:
             self.store.cache.put(state.key, CacheRecord())
         if history:
@@ -610,10 +634,24 @@ class _Builder:
         state.config = state.config.with_layer(ref.diff_id, History(created=self.created, created_by=canonical,
                                                                     comment=HISTORY_COMMENT))
 
+    def cache_get(self, key: str) -> CacheRecord | None:
+        """The cache record for ``key``: local first, then the ``--cache-from`` caches (whose
+        layer, on a hit, is fetched into the store). None with ``--no-cache``."""
+        if self.opts.no_cache:
+            return None
+        rec = self.store.cache.get(key)
+        if rec is not None and (rec.layer is None or self.store.content.has(rec.layer.digest)):
+            return rec
+        for remote in self.opts.cache_from:
+            rec = remote.get(self.store, key)
+            if rec is not None:
+                return rec
+        return None
+
     def from_cache(self, state: _State, canonical: str) -> bool:
         if self.opts.no_cache:
             return False
-        rec = self.store.cache.get(state.key)
+        rec = self.cache_get(state.key)
         if rec is None:
             return False
         if rec.layer is None:
@@ -824,7 +862,7 @@ class _Builder:
             binds.append((str(src), m.target, m.readonly))
 
     def record_meta_keyed(self, state: _State, canonical: str) -> bool:
-        hit = not self.opts.no_cache and self.store.cache.get(state.key) is not None
+        hit = self.cache_get(state.key) is not None
         if not hit:
             self.store.cache.put(state.key, CacheRecord())
         state.config = state.config.with_history(History(created=self.created, created_by=canonical,
@@ -986,7 +1024,7 @@ def build(store: Store, opts: BuildOptions, resolver: ImageResolver | None = Non
     progress = progress or Progress()
     try:
         with store.lease():
-            b = _Builder(store, opts, resolver or StoreResolver(store), progress)
+            b = _Builder(store, opts, resolver or PullingResolver(store, progress), progress)
             return b.run(dockerfile)
     finally:
         progress.close()

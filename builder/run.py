@@ -25,8 +25,9 @@ def run_image(store: Store, name: str, command: Sequence[str] = (), *, network: 
 
     Raises NotFound (unknown image), UserError (nothing to run), BuildError (sandbox set-up).
     """
-    _, desc = store.resolve(name)
-    img = store.load(desc)
+    from pybuild.oci import Platform
+    from .build import PullingResolver
+    img = PullingResolver(store).resolve(name, Platform.host())  # like docker run: pull if missing
     cc = img.config.config
     ep = [entrypoint] if entrypoint else list(cc.Entrypoint or ())
     argv = ep + (list(command) if command else ([] if entrypoint else list(cc.Cmd or ())))

@@ -322,12 +322,16 @@ def _parse_output(spec: str) -> dict[str, str]:
 @click.option("--cpus", type=float, metavar="N", help="CPU limit for RUN steps (e.g. 1.5).")
 @click.option("--secret", "secrets", multiple=True, metavar="id=ID,src=FILE|env=VAR",
               help="A secret for RUN --mount=type=secret; repeatable.")
+@click.option("--push", "push_", is_flag=True, help="Push every tag after the build.")
+@click.option("--cache-from", "cache_from", multiple=True, metavar="REF",
+              help="Use a build cache exported to a registry with --cache-to; repeatable.")
+@click.option("--cache-to", "cache_to", metavar="REF", help="Export this build's cache to a registry.")
 @pass_ctx
 def build_cmd(c: Ctx, context: str, tags: tuple[str, ...], file: str | None, build_args: tuple[str, ...],
               target: str | None, no_cache: bool, labels: tuple[str, ...], iidfile: str | None, progress: str,
               quiet: bool, compression: str, outputs: tuple[str, ...], network: str, platform: str | None,
               memory: str | None, pids_limit: int | None, cpus: float | None,
-              secrets: tuple[str, ...]) -> None:
+              secrets: tuple[str, ...], push_: bool, cache_from: tuple[str, ...], cache_to: str | None) -> None:
     """Build an image from a Dockerfile and a context (a directory, a tar, or - for a Dockerfile on stdin)."""
     from pybuild.builder.build import BuildOptions, Progress, build
     from pybuild.builder.context import open_build_context
@@ -341,6 +345,16 @@ def build_cmd(c: Ctx, context: str, tags: tuple[str, ...], file: str | None, bui
         mode = "tty" if sys.stdout.isatty() else "plain"
     store = c.store()
     store.init()
+    if cache_to:
+        parse_reference(cache_to)
+    remotes = []
+    if cache_from:
+        from pybuild.registry.cache import import_cache
+        for ref in cache_from:
+            try:
+                remotes.append(import_cache(store, ref))
+            except PybuildError as e:  # like docker: a missing cache is a warning, not an error
+                click.echo(f"[Warning] --cache-from {ref}: {e.message}", err=True)
     with open_build_context(context, file, stdin=sys.stdin.buffer, cache_dir=store.metadata_dir) as bc:
         opts = BuildOptions(context=bc, dockerfile_text=bc.dockerfile_text, dockerfile_name=bc.dockerfile_name,
                             tags=tags, build_args=_parse_kv(build_args, "--build-arg", from_env=True),
@@ -348,11 +362,22 @@ def build_cmd(c: Ctx, context: str, tags: tuple[str, ...], file: str | None, bui
                             compression=compression,
                             platform=Platform.parse(platform) if platform else Platform.host(),
                             network=network, limits=_limits(memory, pids_limit, cpus),
-                            secrets=_secrets(secrets))
+                            secrets=_secrets(secrets), cache_from=tuple(remotes))
         prog = Progress(mode, out=lambda line: click.echo(line, err=False), stream=sys.stdout)
         result = build(store, opts, progress=prog)
     for o in outs:
         _export(store, result, o)
+    if cache_to:
+        from pybuild.registry.cache import export_cache
+        digest = export_cache(store, list(result.cache_keys), cache_to)
+        if mode != "quiet":
+            click.echo(f"exported cache to {cache_to}@{digest}")
+    if push_:
+        from pybuild.registry import push
+        for t in result.tags:
+            digest = push(store, t)
+            if mode != "quiet":
+                click.echo(f"pushed {t}@{digest}")
     if iidfile:
         Path(iidfile).write_text(str(result.image_id))
     if mode == "quiet":
@@ -426,6 +451,51 @@ def run_cmd(c: Ctx, rm: bool, network: str, memory: str | None, pids_limit: int 
     code = run_image(store, image, command, network=network, limits=_limits(memory, pids_limit, cpus),
                      init=init, entrypoint=entrypoint)
     raise click.exceptions.Exit(code)
+
+
+@cli.command("pull")
+@click.argument("reference")
+@click.option("--platform", metavar="OS/ARCH", help="Platform to pick from a multi-platform image.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only the stored name.")
+@pass_ctx
+def pull_cmd(c: Ctx, reference: str, platform: str | None, quiet: bool) -> None:
+    """Pull an image from a registry into the store."""
+    from pybuild.oci import Platform
+    from pybuild.registry import pull
+    store = c.store()
+    store.init()
+    name, desc = pull(store, reference, Platform.parse(platform) if platform else None)
+    click.echo(name if quiet else f"{name}\nDigest: {desc.digest}")
+
+
+@cli.command("push")
+@click.argument("image")
+@click.argument("reference", required=False)
+@pass_ctx
+def push_cmd(c: Ctx, image: str, reference: str | None) -> None:
+    """Push an image (to REFERENCE, default: its own name) and print the pushed digest."""
+    from pybuild.registry import push
+    store = c.store()
+    store.check_exists()
+    digest = push(store, image, reference)
+    click.echo(f"{reference or image}: digest: {digest}")
+
+
+@cli.command("login")
+@click.argument("registry")
+@click.option("-u", "--username", required=True)
+@click.option("-p", "--password", help="Prefer --password-stdin: a password on the command line is visible.")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+def login_cmd(registry: str, username: str, password: str | None, password_stdin: bool) -> None:
+    """Log in to a registry; the credentials go to docker's config.json."""
+    from pybuild.errors import UsageError
+    from pybuild.registry import login
+    if password_stdin:
+        password = sys.stdin.read().rstrip("\n")
+    if not password:
+        raise UsageError("no password given", hint="pipe it in: echo $TOKEN | pybuild login HOST -u USER --password-stdin")
+    path = login(registry, username, password)
+    click.echo(f"Login Succeeded (credentials saved in {path})")
 
 
 _GLOBAL_WITH_VALUE = {"--root"}

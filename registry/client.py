@@ -55,6 +55,12 @@ DEFAULT_MONOLITHIC_LIMIT = 16 << 20
 MAX_MANIFEST_SIZE = 4 << 20
 _DOWNLOAD_CHUNK = 1 << 16
 _RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+
+
+def _unresolvable(e: BaseException) -> bool:
+    """True for a name-resolution failure (retrying it only delays the error)."""
+    text = str(e)
+    return "Name or service not known" in text or "Failed to resolve" in text or "nodename nor servname" in text
 _TRANSIENT = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
 USER_AGENT = "pybuild/0.1"
 
@@ -313,7 +319,7 @@ class RegistryClient:
                 raise RegistryAuthError(f"{op}: {e.message}", code=e.code, status=e.status,
                                         hint=e.hint) from None
             except _TRANSIENT as e:
-                if not retry:
+                if not retry or _unresolvable(e):  # a host name that does not resolve stays so
                     raise self._connection_error(op, e) from None
                 attempts.again(f"{type(e).__name__}: {_reason(e)}")
                 continue
