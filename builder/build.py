@@ -34,7 +34,7 @@ from . import dockerfile as df
 from .remote import download, is_url
 from .cgroups import Limits
 from .mounts import RunMount, parse_mount
-from .sandbox import SandboxSpec, cleanup_upper, run_sandboxed
+from .sandbox import SandboxSpec, cleanup_upper, relink_lower_hardlinks, run_sandboxed
 from .copy import (CopyItem, ImageFS, SourceFS, SrcStat, apply_items, parse_chmod, plan_sources,
                    resolve_owner)
 from .context_fs import DirFS
@@ -727,7 +727,11 @@ class _Builder:
         argv = self.run_argv(ins, cc, files)
         image_env = cc.env_dict()
         arg_env = {k: v for k, v in state.args.items() if v is not None and k not in image_env}
-        env = {**arg_env, **image_env}
+        # Docker's predefined proxy ARGs reach RUN without an ARG line, and stay out of the key.
+        proxy_env = {k: v for k, v in self.opts.build_args.items()
+                     if k in PREDEFINED_ARGS and k not in image_env and k not in arg_env}
+        self.used_args.update(proxy_env)
+        env = {**proxy_env, **arg_env, **image_env}
         network = ins.network or self.opts.network
         if network not in ("host", "none", "default"):
             raise self.err(ins, f"unsupported RUN --network={network}", hint="use host or none")
@@ -778,6 +782,7 @@ class _Builder:
                                  f"returned a non-zero code: {result.exit_code}{why}",
                                  hint="the command failed inside the build; see its output above")
             cleanup_upper(upper, lower, [b[1] for b in binds] + [t[0] for t in tmpfs])
+            relink_lower_hardlinks(upper, lower)
             self.commit_upper(ins, state, upper, canonical, lower)
         except BaseException:
             shutil.rmtree(upper, ignore_errors=True)

@@ -20,6 +20,7 @@ they never reach a layer.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import errno
 import fcntl
 import os
@@ -41,7 +42,8 @@ from pybuild.userns import in_user_namespace
 
 from .cgroups import Cgroup, Limits
 
-__all__ = ["SandboxSpec", "SandboxResult", "run_sandboxed", "cleanup_upper", "MOUNT_POINTS"]
+__all__ = ["SandboxSpec", "SandboxResult", "run_sandboxed", "cleanup_upper", "relink_lower_hardlinks",
+           "mount_targets", "MOUNT_POINTS"]
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUTS = 0x04000000
@@ -91,6 +93,7 @@ class SandboxSpec:
     stdin: bool = False                  # attach pybuild's stdin (pybuild run)
     init: bool = False                   # a reaping PID 1 runs the command as its child
     binds: Sequence[tuple[str, str, bool]] = ()   # (host path, sandbox path, read-only)
+    targets: dict[str, str] | None = None         # MOUNT_POINTS resolved in the image (mount_targets)
     tmpfs: Sequence[tuple[str, str]] = ()         # (sandbox path, size option or "")
 
 
@@ -197,11 +200,18 @@ def _prepare_scratch(spec: SandboxSpec) -> Path:
     return links
 
 
+def mount_targets(lower_dirs: Sequence[Path]) -> dict[str, str]:
+    """Where each sandbox mount point really is in the image: a symlinked /etc/resolv.conf is
+    mounted on its target (resolved inside the image), and the image's symlink stays."""
+    view = StackView(lower_dirs)
+    return {p: view.resolve(p) for p in MOUNT_POINTS}
+
+
 def _ensure_mountpoint(root: str, path: str, kind: str) -> None:
     p = root + path
     if os.path.lexists(p):
         if os.path.islink(p):
-            os.unlink(p)  # never mount through an image's symlink
+            os.unlink(p)  # a link made after resolution (should not happen): never mount through it
         else:
             return
     os.makedirs(os.path.dirname(p), exist_ok=True)
@@ -217,18 +227,20 @@ def _setup_root(spec: SandboxSpec, links: Path) -> None:
     merged = str(spec.scratch / "merged")
     os.chdir(links)
     _mount("overlay", merged, "overlay", 0, _overlay_options(spec, links))
+    at = spec.targets or {p: p for p in MOUNT_POINTS}
     for path, kind in MOUNT_POINTS.items():
-        _ensure_mountpoint(merged, path, kind)
-    _mount("proc", merged + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        _ensure_mountpoint(merged, at[path], kind)
+    _mount("proc", merged + at["/proc"], "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    sys_at = merged + at["/sys"]
     try:
-        _mount("sysfs", merged + "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY)
+        _mount("sysfs", sys_at, "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY)
     except OSError:  # e.g. rootless with the host's network namespace: bind the host's /sys
-        _mount("/sys", merged + "/sys", None, MS_BIND | MS_REC)
+        _mount("/sys", sys_at, None, MS_BIND | MS_REC)
         try:
-            _mount(None, merged + "/sys", None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_REC)
+            _mount(None, sys_at, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_REC)
         except OSError:
             pass  # locked flags in a user namespace; the host's /sys is not writable there anyway
-    dev = merged + "/dev"
+    dev = merged + at["/dev"]
     _mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=755,size=65536k")
     for name in _DEVICES:
         os.close(os.open(f"{dev}/{name}", os.O_CREAT | os.O_WRONLY, 0o666))
@@ -242,7 +254,7 @@ def _setup_root(spec: SandboxSpec, links: Path) -> None:
     for i, n in enumerate(("stdin", "stdout", "stderr")):
         os.symlink(f"/proc/self/fd/{i}", f"{dev}/{n}")
     for name in ("hosts", "resolv.conf", "hostname"):
-        target = f"{merged}/etc/{name}"
+        target = merged + at[f"/etc/{name}"]
         _mount(str(spec.scratch / "etc" / name), target, None, MS_BIND)
         _mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY)
     for host, inside, ro in spec.binds:
@@ -331,6 +343,8 @@ def run_sandboxed(spec: SandboxSpec, on_output: Callable[[bytes], None] | None =
     """Run ``spec.argv`` in the sandbox; stream its stdout+stderr to ``on_output`` (or inherit
     the terminal when None). Returns the exit status. Raises BuildError when the sandbox cannot
     be set up (with the reason)."""
+    if spec.targets is None:
+        spec = dataclasses.replace(spec, targets=mount_targets(spec.lower_dirs))
     links = _prepare_scratch(spec)
     cg = Cgroup.create_or_none(spec.limits)
     out_r, out_w = os.pipe() if on_output is not None else (-1, -1)
@@ -427,7 +441,7 @@ def cleanup_upper(upper: Path, lower_dirs: Sequence[Path], extra: Sequence[str] 
     and the directories made or copied up only to hold them (left empty, and absent below or
     with the same metadata as below)."""
     view = StackView(lower_dirs)
-    for path in list(MOUNT_POINTS) + list(extra):
+    for path in [view.resolve(p) for p in MOUNT_POINTS] + list(extra):
         p = upper / path.lstrip("/")
         if view.lstat(path) is None and os.path.lexists(p):
             st = os.lstat(p)
@@ -460,3 +474,53 @@ def new_scratch(base: Path) -> Path:
     p = base / f".tmp-run-{uuid.uuid4().hex}"
     p.mkdir(parents=True)
     return p
+
+
+def relink_lower_hardlinks(upper: Path, lower_dirs: Sequence[Path]) -> int:
+    """Restore hardlinks that overlayfs copy-up broke (it copies up one name of a lower
+    hardlinked file; the other names would keep the old content). For every regular file in
+    ``upper`` whose lower version had several names, each other name that is still visible and
+    still that lower file becomes a hardlink to the new copy. Returns the links made."""
+    from .copy import _ensure_parent  # the copy engine's "copy parents up" rule
+    lower = StackView(lower_dirs)
+    merged = StackView(list(lower_dirs) + [upper])
+    by_layer: dict[Path, dict[int, list[str]]] = {}
+    made = 0
+    for dirpath, _, files in os.walk(upper):
+        for name in files:
+            full = os.path.join(dirpath, name)
+            if not stat.S_ISREG(os.lstat(full).st_mode):
+                continue
+            rel = os.path.relpath(full, upper)
+            hp = lower.host_path("/" + rel, follow_final=False)
+            if hp is None:
+                continue
+            lst = os.lstat(hp)
+            if not stat.S_ISREG(lst.st_mode) or lst.st_nlink < 2:
+                continue
+            layer = next((d for d in lower_dirs if str(hp).startswith(str(d) + os.sep)), None)
+            if layer is None:
+                continue
+            if layer not in by_layer:
+                by_layer[layer] = _multi_link_files(layer)
+            for sib in by_layer[layer].get(lst.st_ino, []):
+                if sib == rel or os.path.lexists(upper / sib):
+                    continue
+                cur = merged.host_path("/" + sib, follow_final=False)
+                if cur is None or os.lstat(cur).st_ino != lst.st_ino:
+                    continue  # replaced or hidden above: not the same file any more
+                parent = _ensure_parent(upper, lower, merged, os.path.dirname("/" + sib), None)
+                os.link(full, parent / os.path.basename(sib))
+                made += 1
+    return made
+
+
+def _multi_link_files(layer: Path) -> dict[int, list[str]]:
+    out: dict[int, list[str]] = {}
+    for dirpath, _, files in os.walk(layer):
+        for name in files:
+            p = os.path.join(dirpath, name)
+            st = os.lstat(p)
+            if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+                out.setdefault(st.st_ino, []).append(os.path.relpath(p, layer))
+    return out
