@@ -21,7 +21,6 @@ import os
 import re
 import shutil
 import socket
-import ssl
 import subprocess
 import threading
 import time
@@ -165,7 +164,7 @@ class TokenServer:
 
     ``GET /token?service=…&scope=…`` with optional Basic auth. Anonymous callers get ``pull``
     only; alice/s3cret gets what she asks for; a wrong password is a 401. Tokens are RS256 JWTs
-    with an ``x5c`` header, signed with ``openssl dgst -sha256 -sign``. ``requests`` records
+    with an ``x5c`` header; the key, certificate and signatures come from ``cryptography``. ``requests`` records
     (user, scopes) of every call. ``token_key`` picks the JSON key ("token" or "access_token").
     """
 
@@ -173,12 +172,22 @@ class TokenServer:
     issuer = "pbtest-issuer"
 
     def __init__(self, workdir: Path) -> None:
-        self.key = workdir / "token.key"
+        import datetime
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+        from cryptography.x509.oid import NameOID
         self.cert = workdir / "token.crt"
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
-                        str(self.key), "-out", str(self.cert), "-days", "2", "-subj", "/CN=pbtest-token"],
-                       check=True, capture_output=True)
-        self.x5c = base64.b64encode(ssl.PEM_cert_to_DER_cert(self.cert.read_text())).decode()
+        self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pbtest-token")])
+        now = datetime.datetime.now(datetime.timezone.utc)
+        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+                .public_key(self._key.public_key()).serial_number(x509.random_serial_number())
+                .not_valid_before(now - datetime.timedelta(minutes=5))
+                .not_valid_after(now + datetime.timedelta(days=2))
+                .sign(self._key, hashes.SHA256()))
+        self.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        self.x5c = base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode()
         self.requests: list[tuple[str, list[str]]] = []
         self.token_key = "token"
         self.expires_in = 300
@@ -201,8 +210,9 @@ class TokenServer:
     def sign(self, claims: dict[str, Any]) -> str:
         header = {"typ": "JWT", "alg": "RS256", "x5c": [self.x5c]}
         signing_input = f"{_b64url(json.dumps(header).encode())}.{_b64url(json.dumps(claims).encode())}"
-        sig = subprocess.run(["openssl", "dgst", "-sha256", "-sign", str(self.key)],
-                             input=signing_input.encode(), capture_output=True, check=True).stdout
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import padding
+        sig = self._key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
         return f"{signing_input}.{_b64url(sig)}"
 
     def _handle(self, h: BaseHTTPRequestHandler) -> None:
