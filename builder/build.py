@@ -32,7 +32,7 @@ from pybuild.store.store import Image, Store
 
 from . import dockerfile as df
 from .remote import download, is_url
-from .cgroups import Limits
+from .cgroups import Limits, sweep_stale
 from .mounts import RunMount, parse_mount
 from .sandbox import SandboxSpec, cleanup_upper, relink_lower_hardlinks, run_sandboxed
 from .copy import (CopyItem, ImageFS, SourceFS, SrcStat, apply_items, parse_chmod, plan_sources,
@@ -1027,6 +1027,7 @@ def build(store: Store, opts: BuildOptions, resolver: ImageResolver | None = Non
     """Build ``opts`` into ``store``. Raises DockerfileError (file:line), BuildError, UserError."""
     dockerfile = df.parse(opts.dockerfile_text, opts.dockerfile_name)
     progress = progress or Progress()
+    sweep_stale()  # cgroups a killed pybuild left behind
     try:
         with store.lease():
             b = _Builder(store, opts, resolver or PullingResolver(store, progress), progress)

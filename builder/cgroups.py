@@ -183,3 +183,28 @@ class Cgroup:
                     break
                 except OSError:
                     time.sleep(0.02)
+
+
+def sweep_stale(min_age: float = 30.0) -> int:
+    """Remove empty ``pybuild-*`` cgroups older than ``min_age`` seconds: what a killed pybuild
+    left (a live one's cgroup holds processes). Returns how many were removed."""
+    removed = 0
+    bases = [_ROOT / c / _own_path(c) for c in ("memory", "pids", "cpu")]
+    v2 = _v2_root()
+    if v2 is not None:
+        bases.append(v2 / _own_path(""))
+    now = time.time()
+    for base in bases:
+        try:
+            entries = [p for p in base.iterdir() if p.name.startswith("pybuild-") and p.is_dir()]
+        except OSError:
+            continue
+        for d in entries:
+            try:
+                if (d / "cgroup.procs").read_text().strip() or now - d.stat().st_mtime < min_age:
+                    continue
+                d.rmdir()
+                removed += 1
+            except OSError:
+                continue
+    return removed

@@ -453,6 +453,33 @@ def run_cmd(c: Ctx, rm: bool, network: str, memory: str | None, pids_limit: int 
     raise click.exceptions.Exit(code)
 
 
+@cli.command("fsck")
+@click.option("--no-repair", is_flag=True, help="Only report; remove nothing.")
+@pass_ctx
+def fsck_cmd(c: Ctx, no_repair: bool) -> None:
+    """Verify every blob and image; remove corrupt blobs, orphans and half-made snapshots."""
+    from pybuild.errors import StoreError
+    from pybuild.store.fsck import fsck
+    store = c.store()
+    store.check_exists()
+    r = fsck(store, repair=not no_repair)
+    click.echo(f"checked {r.blobs_checked} blobs")
+    for d in r.corrupt:
+        click.echo(f"corrupt blob: {d}" + ("" if no_repair else " (removed)"))
+    for b in r.broken_images:
+        click.echo(f"broken image: {b}")
+    if r.half_made_snapshots:
+        click.echo(f"half-made snapshots: {len(r.half_made_snapshots)}" + ("" if no_repair else " (removed)"))
+    if not no_repair:
+        click.echo(f"removed {r.orphan_blobs} orphan blobs, {r.orphan_snapshots} orphan snapshots, "
+                   f"{r.dead_ingests} dead ingests")
+    if not r.ok:
+        raise StoreError(f"the store at {store.root} has {len(r.corrupt)} corrupt blobs and "
+                         f"{len(r.broken_images)} broken images",
+                         hint="remove the broken images (pybuild rmi) and pull or build them again")
+    click.echo("store OK")
+
+
 @cli.command("pull")
 @click.argument("reference")
 @click.option("--platform", metavar="OS/ARCH", help="Platform to pick from a multi-platform image.")
