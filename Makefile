@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-DEBS := busybox-static skopeo umoci zstd docker-registry buildah crun uidmap python3 passwd util-linux
+DEBS := busybox-static skopeo umoci zstd docker-registry buildah crun uidmap python3 passwd util-linux libseccomp2 gcc libc6-dev
 DEMO_ROOTFS := testdata/out/busybox-rootfs.tar
 
 .PHONY: deps venv demo test clean

@@ -34,6 +34,7 @@ from . import dockerfile as df
 from .remote import download, is_url
 from .cgroups import Limits, sweep_stale
 from .mounts import RunMount, parse_mount
+from .security import SecurityOpts
 from .sandbox import SandboxSpec, cleanup_upper, relink_lower_hardlinks, run_sandboxed
 from .copy import (CopyItem, ImageFS, SourceFS, SrcStat, apply_items, parse_chmod, plan_sources,
                    resolve_owner)
@@ -194,6 +195,7 @@ class BuildOptions:
     limits: Limits = field(default_factory=Limits)
     secrets: Mapping[str, bytes] = field(default_factory=dict)
     cache_from: tuple[Any, ...] = ()   # registry caches (pybuild.registry.cache.RemoteCache)
+    security: SecurityOpts = field(default_factory=SecurityOpts)
 
 
 @dataclass(frozen=True)
@@ -769,7 +771,7 @@ class _Builder:
             spec = SandboxSpec(lower_dirs=lower, upper=upper, work=work, scratch=scratch / "sb", argv=argv,
                                env=[f"{k}={v}" for k, v in env.items()], cwd=cc.WorkingDir or "/",
                                user=cc.User, hostname="pybuild", network=network, limits=self.opts.limits,
-                               binds=binds, tmpfs=tmpfs)
+                               binds=binds, tmpfs=tmpfs, security=self.opts.security)
             result = run_sandboxed(spec, on_output=self.progress.output)
             self.progress.flush_output()
             if result.oom_killed:

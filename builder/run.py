@@ -15,12 +15,14 @@ from pybuild.store.store import Store
 
 from .cgroups import Limits
 from .sandbox import SandboxSpec, run_sandboxed
+from .security import SecurityOpts
 
 __all__ = ["run_image"]
 
 
 def run_image(store: Store, name: str, command: Sequence[str] = (), *, network: str = "host",
-              limits: Limits = Limits(), init: bool = False, entrypoint: str | None = None) -> int:
+              limits: Limits = Limits(), init: bool = False, entrypoint: str | None = None,
+              security: SecurityOpts = SecurityOpts()) -> int:
     """Run ``name``'s entrypoint with ``command`` (or its Cmd); returns the exit code.
 
     Raises NotFound (unknown image), UserError (nothing to run), BuildError (sandbox set-up).
@@ -42,7 +44,7 @@ def run_image(store: Store, name: str, command: Sequence[str] = (), *, network: 
                 env.append("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
             spec = SandboxSpec(lower_dirs=lower, upper=upper, work=work, scratch=scratch / "sb", argv=argv,
                                env=env, cwd=cc.WorkingDir or "/", user=cc.User, hostname=img.id.hex[:12],
-                               network=network, limits=limits, stdin=True, init=init)
+                               network=network, limits=limits, stdin=True, init=init, security=security)
             result = run_sandboxed(spec, on_output=None)
             if result.setup_error:
                 import sys

@@ -41,6 +41,7 @@ from pybuild.store.snapshots import StackView, is_opaque
 from pybuild.userns import in_user_namespace
 
 from .cgroups import Cgroup, Limits
+from .security import Prepared, SecurityOpts, prepare
 
 __all__ = ["SandboxSpec", "SandboxResult", "run_sandboxed", "cleanup_upper", "relink_lower_hardlinks",
            "mount_targets", "MOUNT_POINTS"]
@@ -94,6 +95,7 @@ class SandboxSpec:
     init: bool = False                   # a reaping PID 1 runs the command as its child
     binds: Sequence[tuple[str, str, bool]] = ()   # (host path, sandbox path, read-only)
     targets: dict[str, str] | None = None         # MOUNT_POINTS resolved in the image (mount_targets)
+    security: SecurityOpts = field(default_factory=SecurityOpts)
     tmpfs: Sequence[tuple[str, str]] = ()         # (sandbox path, size option or "")
 
 
@@ -221,6 +223,35 @@ def _ensure_mountpoint(root: str, path: str, kind: str) -> None:
         os.close(os.open(p, os.O_CREAT | os.O_WRONLY, 0o644))
 
 
+MASKED_PATHS = ("kcore", "keys", "timer_list", "sched_debug", "latency_stats", "acpi", "scsi")
+READONLY_PATHS = ("sys", "sysrq-trigger", "irq", "bus", "asound", "fs")
+
+
+def _mask_proc(proc: str) -> None:
+    """docker's masked and read-only /proc paths: masked files read as /dev/null, masked dirs as
+    an empty read-only tmpfs; the read-only ones are bind-mounted read-only over themselves."""
+    for name in MASKED_PATHS:
+        p = f"{proc}/{name}"
+        if not os.path.exists(p):
+            continue
+        if os.path.isdir(p):
+            _mount("tmpfs", p, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=0")
+        else:
+            _mount("/dev/null", p, None, MS_BIND)
+    for name in READONLY_PATHS:
+        p = f"{proc}/{name}"
+        if not os.path.exists(p):
+            continue
+        _mount(p, p, None, MS_BIND | MS_REC)
+        _mount(None, p, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_REC | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+
+
+def _mask_sys(sys_at: str) -> None:
+    fw = f"{sys_at}/firmware"
+    if os.path.isdir(fw):
+        _mount("tmpfs", fw, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=0")
+
+
 def _setup_root(spec: SandboxSpec, links: Path) -> None:
     """In B: build the root file system and pivot into it (all in the new mount namespace)."""
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
@@ -231,6 +262,7 @@ def _setup_root(spec: SandboxSpec, links: Path) -> None:
     for path, kind in MOUNT_POINTS.items():
         _ensure_mountpoint(merged, at[path], kind)
     _mount("proc", merged + at["/proc"], "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    _mask_proc(merged + at["/proc"])
     sys_at = merged + at["/sys"]
     try:
         _mount("sysfs", sys_at, "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY)
@@ -240,6 +272,7 @@ def _setup_root(spec: SandboxSpec, links: Path) -> None:
             _mount(None, sys_at, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_REC)
         except OSError:
             pass  # locked flags in a user namespace; the host's /sys is not writable there anyway
+    _mask_sys(sys_at)
     dev = merged + at["/dev"]
     _mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=755,size=65536k")
     for name in _DEVICES:
@@ -279,9 +312,12 @@ def _setup_root(spec: SandboxSpec, links: Path) -> None:
     os.chdir("/")
 
 
-def _exec(spec: SandboxSpec, uid: int, gid: int, supp: list[int], env: dict[str, str], err_w: int) -> None:
-    """Become the user and exec the command; on failure report it on ``err_w`` and exit 126/127."""
+def _exec(spec: SandboxSpec, uid: int, gid: int, supp: list[int], env: dict[str, str], err_w: int,
+          sec: Prepared) -> None:
+    """Drop capabilities, become the user, load seccomp, exec the command; on failure report it on
+    ``err_w`` and exit 126/127."""
     try:
+        sec.apply_privileged()
         try:
             os.setgroups(supp)
         except PermissionError:
@@ -293,6 +329,7 @@ def _exec(spec: SandboxSpec, uid: int, gid: int, supp: list[int], env: dict[str,
             os.chdir(spec.cwd or "/")
         except OSError as e:
             raise OSError(e.errno, f"working directory {spec.cwd}: {e.strerror}") from None
+        sec.apply_seccomp()
         os.execvpe(spec.argv[0], list(spec.argv), env)
     except OSError as e:
         if e.errno == errno.ENOENT and e.filename is not None and "/" not in spec.argv[0]:
@@ -313,7 +350,7 @@ def _setgroups_denied() -> bool:
         return False
 
 
-def _child_b(spec: SandboxSpec, links: Path, err_w: int) -> int:
+def _child_b(spec: SandboxSpec, links: Path, err_w: int, sec: Prepared) -> int:
     """PID 1 of the sandbox: set up the root, then either become the command (docker's default:
     ``echo $$`` prints 1; orphans die with the namespace) or, with ``spec.init``, start it as a
     child and reap every zombie until it exits. Returns the command's status."""
@@ -323,10 +360,10 @@ def _child_b(spec: SandboxSpec, links: Path, err_w: int) -> int:
     env = dict(e.split("=", 1) if "=" in e else (e, "") for e in spec.env)
     env.setdefault("HOME", home)
     if not spec.init:
-        _exec(spec, uid, gid, supp, env, err_w)
+        _exec(spec, uid, gid, supp, env, err_w, sec)
     pid = os.fork()
     if pid == 0:
-        _exec(spec, uid, gid, supp, env, err_w)
+        _exec(spec, uid, gid, supp, env, err_w, sec)
     os.close(err_w)
     while True:
         try:
@@ -345,6 +382,7 @@ def run_sandboxed(spec: SandboxSpec, on_output: Callable[[bytes], None] | None =
     be set up (with the reason)."""
     if spec.targets is None:
         spec = dataclasses.replace(spec, targets=mount_targets(spec.lower_dirs))
+    sec = prepare(spec.security)  # before fork: the child only applies it
     links = _prepare_scratch(spec)
     cg = Cgroup.create_or_none(spec.limits)
     out_r, out_w = os.pipe() if on_output is not None else (-1, -1)
@@ -375,7 +413,7 @@ def run_sandboxed(spec: SandboxSpec, on_output: Callable[[bytes], None] | None =
                 bpid = os.fork()
                 if bpid == 0:
                     try:
-                        code = _child_b(spec, links, err_w)
+                        code = _child_b(spec, links, err_w, sec)
                     except BaseException as e:  # noqa: BLE001 - report anything, then exit
                         os.write(err_w, f"sandbox setup: {e}".encode())
                         code = 125

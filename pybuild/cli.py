@@ -322,6 +322,10 @@ def _parse_output(spec: str) -> dict[str, str]:
 @click.option("--cpus", type=float, metavar="N", help="CPU limit for RUN steps (e.g. 1.5).")
 @click.option("--secret", "secrets", multiple=True, metavar="id=ID,src=FILE|env=VAR",
               help="A secret for RUN --mount=type=secret; repeatable.")
+@click.option("--security-opt", "security_opt", multiple=True, metavar="seccomp=unconfined|PROFILE.json",
+              help="seccomp profile for RUN/run (default: pybuild's docker-like profile).")
+@click.option("--cap-add", multiple=True, metavar="CAP", help="Add a capability to the default set.")
+@click.option("--cap-drop", multiple=True, metavar="CAP", help="Drop a capability (ALL for all).")
 @click.option("--push", "push_", is_flag=True, help="Push every tag after the build.")
 @click.option("--cache-from", "cache_from", multiple=True, metavar="REF",
               help="Use a build cache exported to a registry with --cache-to; repeatable.")
@@ -331,10 +335,12 @@ def build_cmd(c: Ctx, context: str, tags: tuple[str, ...], file: str | None, bui
               target: str | None, no_cache: bool, labels: tuple[str, ...], iidfile: str | None, progress: str,
               quiet: bool, compression: str, outputs: tuple[str, ...], network: str, platform: str | None,
               memory: str | None, pids_limit: int | None, cpus: float | None,
-              secrets: tuple[str, ...], push_: bool, cache_from: tuple[str, ...], cache_to: str | None) -> None:
+              secrets: tuple[str, ...], security_opt: tuple[str, ...], cap_add: tuple[str, ...],
+              cap_drop: tuple[str, ...], push_: bool, cache_from: tuple[str, ...], cache_to: str | None) -> None:
     """Build an image from a Dockerfile and a context (a directory, a tar, or - for a Dockerfile on stdin)."""
     from pybuild.builder.build import BuildOptions, Progress, build
     from pybuild.builder.context import open_build_context
+    from pybuild.builder.security import parse_security_opt
     from pybuild.oci import Platform
     from pybuild.reference import parse_reference
     for t in tags:
@@ -362,7 +368,8 @@ def build_cmd(c: Ctx, context: str, tags: tuple[str, ...], file: str | None, bui
                             compression=compression,
                             platform=Platform.parse(platform) if platform else Platform.host(),
                             network=network, limits=_limits(memory, pids_limit, cpus),
-                            secrets=_secrets(secrets), cache_from=tuple(remotes))
+                            secrets=_secrets(secrets), cache_from=tuple(remotes),
+                            security=parse_security_opt(security_opt, cap_add, cap_drop))
         prog = Progress(mode, out=lambda line: click.echo(line, err=False), stream=sys.stdout)
         result = build(store, opts, progress=prog)
     for o in outs:
@@ -437,19 +444,26 @@ def _export(store: "Any", result: "Any", o: dict[str, str]) -> None:
 @click.option("--memory", "-m", metavar="N", help="Memory limit (e.g. 512m).")
 @click.option("--pids-limit", type=int, metavar="N", help="Process limit.")
 @click.option("--cpus", type=float, metavar="N", help="CPU limit.")
+@click.option("--security-opt", "security_opt", multiple=True, metavar="seccomp=unconfined|PROFILE.json",
+              help="seccomp profile for RUN/run (default: pybuild's docker-like profile).")
+@click.option("--cap-add", multiple=True, metavar="CAP", help="Add a capability to the default set.")
+@click.option("--cap-drop", multiple=True, metavar="CAP", help="Drop a capability (ALL for all).")
 @click.option("--init", is_flag=True, help="Run an init as PID 1 that reaps zombies.")
 @click.option("--entrypoint", metavar="CMD", help="Override the image's entrypoint.")
 @click.argument("image")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @pass_ctx
 def run_cmd(c: Ctx, rm: bool, network: str, memory: str | None, pids_limit: int | None, cpus: float | None,
+            security_opt: tuple[str, ...], cap_add: tuple[str, ...], cap_drop: tuple[str, ...],
             init: bool, entrypoint: str | None, image: str, command: tuple[str, ...]) -> None:
     """Run a command in a new sandbox from IMAGE; exits with the command's exit code."""
     from pybuild.builder.run import run_image
+    from pybuild.builder.security import parse_security_opt
     store = c.store()
     store.check_exists()
     code = run_image(store, image, command, network=network, limits=_limits(memory, pids_limit, cpus),
-                     init=init, entrypoint=entrypoint)
+                     init=init, entrypoint=entrypoint,
+                     security=parse_security_opt(security_opt, cap_add, cap_drop))
     raise click.exceptions.Exit(code)
 
 
