@@ -35,6 +35,7 @@ from .remote import download, is_url
 from .cgroups import Limits, sweep_stale
 from .mounts import RunMount, parse_mount
 from .security import SecurityOpts
+from .vfs import diff_into_upper, materialize, overlay_available
 from .sandbox import SandboxSpec, cleanup_upper, relink_lower_hardlinks, run_sandboxed
 from .copy import (CopyItem, ImageFS, SourceFS, SrcStat, apply_items, parse_chmod, plan_sources,
                    resolve_owner)
@@ -196,6 +197,7 @@ class BuildOptions:
     secrets: Mapping[str, bytes] = field(default_factory=dict)
     cache_from: tuple[Any, ...] = ()   # registry caches (pybuild.registry.cache.RemoteCache)
     security: SecurityOpts = field(default_factory=SecurityOpts)
+    storage_driver: str = "auto"       # overlay | vfs | auto (overlay when it can be mounted)
 
 
 @dataclass(frozen=True)
@@ -243,6 +245,7 @@ class _Builder:
         self.total = 0
         self.platform = opts.platform
         self.escape = "\\"
+        self._driver: str | None = None
 
     # -- helpers ---------------------------------------------------------------------------------
     def err(self, instr: df.Instruction, message: str, hint: str | None = None) -> DockerfileError:
@@ -768,10 +771,15 @@ class _Builder:
             hp.chmod(0o755)
             binds.append((str(hp), HEREDOC_PATH, True))
         try:
+            rootfs = None
+            if self.driver() == "vfs":
+                rootfs = scratch / "rootfs"
+                rootfs.mkdir()
+                inodes = materialize(lower, rootfs)
             spec = SandboxSpec(lower_dirs=lower, upper=upper, work=work, scratch=scratch / "sb", argv=argv,
                                env=[f"{k}={v}" for k, v in env.items()], cwd=cc.WorkingDir or "/",
                                user=cc.User, hostname="pybuild", network=network, limits=self.opts.limits,
-                               binds=binds, tmpfs=tmpfs, security=self.opts.security)
+                               binds=binds, tmpfs=tmpfs, security=self.opts.security, rootfs=rootfs)
             result = run_sandboxed(spec, on_output=self.progress.output)
             self.progress.flush_output()
             if result.oom_killed:
@@ -783,6 +791,8 @@ class _Builder:
                 raise BuildError(f"RUN {ins.logical.split(None, 1)[1] if ' ' in ins.logical else ''} "
                                  f"returned a non-zero code: {result.exit_code}{why}",
                                  hint="the command failed inside the build; see its output above")
+            if rootfs is not None:
+                diff_into_upper(lower, rootfs, inodes, upper)
             cleanup_upper(upper, lower, [b[1] for b in binds] + [t[0] for t in tmpfs])
             relink_lower_hardlinks(upper, lower)
             self.commit_upper(ins, state, upper, canonical, lower)
@@ -795,6 +805,22 @@ class _Builder:
             for fd in locks:
                 os.close(fd)
         return False
+
+    def driver(self) -> str:
+        """The storage driver for RUN: as asked, or overlay when it mounts here, else vfs."""
+        if self._driver is None:
+            want = self.opts.storage_driver
+            if want == "auto":
+                probe = self.store.snapshots.prepare()
+                try:
+                    want = "overlay" if overlay_available(probe) else "vfs"
+                finally:
+                    shutil.rmtree(probe, ignore_errors=True)
+                if want == "vfs":
+                    self.progress.warn("overlayfs cannot be mounted here: RUN steps use the copy (vfs) "
+                                       "driver, which is slower")
+            self._driver = want
+        return self._driver
 
     def mount_source_fs(self, ins: df.Instruction, m: RunMount, state: _State) -> tuple[SourceFS, str, bool]:
         """Where a bind mount's files come from: (fs, digest for the cache key, keep owners)."""

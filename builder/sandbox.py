@@ -96,6 +96,7 @@ class SandboxSpec:
     binds: Sequence[tuple[str, str, bool]] = ()   # (host path, sandbox path, read-only)
     targets: dict[str, str] | None = None         # MOUNT_POINTS resolved in the image (mount_targets)
     security: SecurityOpts = field(default_factory=SecurityOpts)
+    rootfs: Path | None = None                    # vfs driver: a full copy, bind-mounted as the root
     tmpfs: Sequence[tuple[str, str]] = ()         # (sandbox path, size option or "")
 
 
@@ -257,7 +258,10 @@ def _setup_root(spec: SandboxSpec, links: Path) -> None:
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
     merged = str(spec.scratch / "merged")
     os.chdir(links)
-    _mount("overlay", merged, "overlay", 0, _overlay_options(spec, links))
+    if spec.rootfs is not None:
+        _mount(str(spec.rootfs), merged, None, MS_BIND | MS_REC)
+    else:
+        _mount("overlay", merged, "overlay", 0, _overlay_options(spec, links))
     at = spec.targets or {p: p for p in MOUNT_POINTS}
     for path, kind in MOUNT_POINTS.items():
         _ensure_mountpoint(merged, at[path], kind)

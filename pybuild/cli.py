@@ -326,6 +326,9 @@ def _parse_output(spec: str) -> dict[str, str]:
               help="seccomp profile for RUN/run (default: pybuild's docker-like profile).")
 @click.option("--cap-add", multiple=True, metavar="CAP", help="Add a capability to the default set.")
 @click.option("--cap-drop", multiple=True, metavar="CAP", help="Drop a capability (ALL for all).")
+@click.option("--storage-driver", type=click.Choice(["auto", "overlay", "vfs"]),
+              default=lambda: os.environ.get("PYBUILD_STORAGE_DRIVER", "auto"), show_default="auto",
+              help="How RUN steps see their file system: overlayfs, or a full copy (vfs).")
 @click.option("--push", "push_", is_flag=True, help="Push every tag after the build.")
 @click.option("--cache-from", "cache_from", multiple=True, metavar="REF",
               help="Use a build cache exported to a registry with --cache-to; repeatable.")
@@ -336,7 +339,8 @@ def build_cmd(c: Ctx, context: str, tags: tuple[str, ...], file: str | None, bui
               quiet: bool, compression: str, outputs: tuple[str, ...], network: str, platform: str | None,
               memory: str | None, pids_limit: int | None, cpus: float | None,
               secrets: tuple[str, ...], security_opt: tuple[str, ...], cap_add: tuple[str, ...],
-              cap_drop: tuple[str, ...], push_: bool, cache_from: tuple[str, ...], cache_to: str | None) -> None:
+              cap_drop: tuple[str, ...], storage_driver: str, push_: bool, cache_from: tuple[str, ...],
+              cache_to: str | None) -> None:
     """Build an image from a Dockerfile and a context (a directory, a tar, or - for a Dockerfile on stdin)."""
     from pybuild.builder.build import BuildOptions, Progress, build
     from pybuild.builder.context import open_build_context
@@ -369,7 +373,8 @@ def build_cmd(c: Ctx, context: str, tags: tuple[str, ...], file: str | None, bui
                             platform=Platform.parse(platform) if platform else Platform.host(),
                             network=network, limits=_limits(memory, pids_limit, cpus),
                             secrets=_secrets(secrets), cache_from=tuple(remotes),
-                            security=parse_security_opt(security_opt, cap_add, cap_drop))
+                            security=parse_security_opt(security_opt, cap_add, cap_drop),
+                            storage_driver=storage_driver)
         prog = Progress(mode, out=lambda line: click.echo(line, err=False), stream=sys.stdout)
         result = build(store, opts, progress=prog)
     for o in outs:

@@ -172,7 +172,7 @@ class StackView:
                 p = cur / part
                 try:
                     st = os.lstat(p)
-                except FileNotFoundError:
+                except (FileNotFoundError, NotADirectoryError):
                     st = None
                 if st is None:
                     break
@@ -221,22 +221,34 @@ class StackView:
             raise InvalidArchive(f"{e} in the image") from None
 
     def listdir(self, path: str) -> list[str]:
-        """Merged directory listing (sorted), honouring whiteouts and opaque directories."""
+        """Merged directory listing (sorted), honouring whiteouts and opaque directories — an
+        opaque ancestor hides the lower layers' copies of everything below it, too."""
         parts = self._parts(self.resolve(path))
         names: dict[str, bool] = {}
         for d in self.top_first:
-            p = d.joinpath(*parts)
-            try:
-                st = os.lstat(p)
-            except FileNotFoundError:
-                continue
-            if not stat.S_ISDIR(st.st_mode):
-                break
-            with os.scandir(p) as it:
-                for e in it:
-                    if e.name not in names:
-                        names[e.name] = is_whiteout(e.stat(follow_symlinks=False))
-            if is_opaque(p):
+            cur, last = d, False
+            present = True
+            for part in parts:
+                cur = cur / part
+                try:
+                    st = os.lstat(cur)
+                except (FileNotFoundError, NotADirectoryError):
+                    present = False
+                    break
+                if not stat.S_ISDIR(st.st_mode):
+                    return sorted(n for n, wh in names.items() if not wh)  # hidden below this layer
+                if is_opaque(cur):
+                    last = True
+            if present:
+                if not parts and not d.is_dir():
+                    continue
+                with os.scandir(cur) as it:
+                    for e in it:
+                        if e.name not in names:
+                            names[e.name] = is_whiteout(e.stat(follow_symlinks=False))
+                if is_opaque(cur) and parts:
+                    last = True
+            if last:
                 break
         return sorted(n for n, wh in names.items() if not wh)
 

@@ -351,6 +351,19 @@ def test_case(case: Case, contexts: Contexts, buildah_results: Any, pb_store: PB
     img = fl.flatten(str(archive))
 
     problems: list[str] = []
+    if case.name.startswith("run_"):
+        # The copy (vfs) snapshotter must give the very same image as overlayfs.
+        vfs_tag = case.tag + "-vfs"
+        argv = pb_store.argv("build", "--no-cache", "--storage-driver", "vfs", "-t", vfs_tag,
+                             *case.common_flags(http_server.base), ".")
+        v = subprocess.run(argv, cwd=ctx, capture_output=True, text=True, timeout=300)
+        if v.returncode != 0:
+            problems += [f"the vfs driver failed:\n{v.stderr[-2000:]}"]
+        else:
+            want = json.loads(pb_store.run("inspect", case.tag).out)[0]["Digest"]
+            got = json.loads(pb_store.run("inspect", vfs_tag).out)[0]["Digest"]
+            if want != got:
+                problems += [f"the vfs driver built {got}, overlayfs {want}"]
     interop = interop_checks(archive, img, tmp_path / "interop")
     if interop:
         problems += ["interop (skopeo/umoci):"] + interop
