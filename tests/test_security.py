@@ -73,3 +73,55 @@ def test_masked_and_read_only_paths(pb_busybox: PB) -> None:
               "touch /sys/x 2>/dev/null && echo WROTE || echo ro-sys; ls /sys/firmware | wc -l")
     out = pb_busybox.run("run", "busybox", "sh", "-c", script).out.split()
     assert out == ["0", "0", "ro-proc-sys", "ro-sysrq", "ro-sys", "0"]
+
+
+@pytest.fixture
+def host_listener():
+    """A TCP server on the host's 127.0.0.1 that answers one line to whoever connects."""
+    import socket
+    import threading
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    srv.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.sendall(b"reach\n")
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    yield srv.getsockname()[1]
+    stop.set()
+    t.join(2)
+    srv.close()
+
+
+def test_sandbox_boundaries(pb_busybox: PB, tmp_path: Path, host_listener: int) -> None:
+    """A step sees no host process (not even /proc/1), not the store, cannot remount its root,
+    and with --network none cannot reach a server on the host's loopback."""
+    store = pb_busybox.root
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    port = host_listener
+    (ctx / "Dockerfile").write_text(f"""FROM busybox
+RUN ps -o pid,comm | tail -n +2 | wc -l; cat /proc/1/cmdline | tr '\\0' ' '; echo
+RUN test ! -e {store} && echo store-invisible; ls /proc/1/root/ | head -3
+RUN mount -o remount,rw / 2>&1 && echo REMOUNTED || echo remount-refused
+RUN nc -w 3 127.0.0.1 {port} </dev/null && echo HOST-REACHED || echo loopback-blocked
+RUN --network=none nc -w 3 127.0.0.1 {port} </dev/null && echo HOST-REACHED || echo loopback-blocked
+""")
+    out = pb_busybox.run("build", "--progress", "plain", "-t", "bounds", str(ctx)).out
+    lines = out.splitlines()
+    step2 = lines.index(next(l for l in lines if "STEP 2/" in l and "RUN ps" in l))
+    assert int(lines[step2 + 1]) <= 4  # sh, ps, tail, wc: nothing of the host
+    assert lines[step2 + 2].startswith("/bin/sh -c ps")  # PID 1 is the step itself
+    assert "store-invisible" in lines and "REMOUNTED" not in lines and "remount-refused" in lines
+    assert lines.count("reach") == 1 and lines.count("HOST-REACHED") == 1, out  # host network: reached …
+    assert lines.count("loopback-blocked") == 1  # … --network none: not
