@@ -21,29 +21,10 @@ import shutil
 import stat
 from pathlib import Path
 
-from pybuild.store.layers import _opaque_xattr
+from pybuild.store.layers import _opaque_xattr, _xattrs_of as _xattrs
 from pybuild.store.snapshots import StackView
 
 __all__ = ["materialize", "diff_into_upper", "overlay_available"]
-
-_SKIP_XATTRS = ("trusted.overlay.", "user.overlay.")
-
-
-def _xattrs(p: str) -> dict[str, bytes]:
-    try:
-        names = os.listxattr(p, follow_symlinks=False)
-    except OSError:
-        return {}
-    out = {}
-    for n in names:
-        if n.startswith(_SKIP_XATTRS):
-            continue
-        try:
-            out[n] = os.getxattr(p, n, follow_symlinks=False)
-        except OSError:
-            pass
-    return out
-
 
 def _copy_meta(src: str, dst: str, st: os.stat_result) -> None:
     os.lchown(dst, st.st_uid, st.st_gid)
