@@ -260,8 +260,9 @@ def _setup_root(spec: SandboxSpec, links: Path) -> None:
     os.chdir(links)
     if spec.rootfs is not None:
         _mount(str(spec.rootfs), merged, None, MS_BIND | MS_REC)
-    else:
-        _mount("overlay", merged, "overlay", 0, _overlay_options(spec, links))
+        _mount(None, merged, None, MS_BIND | MS_REMOUNT | MS_NODEV)
+    else:  # nodev: device nodes from layers (or mknod in a step) open nothing; /dev is separate
+        _mount("overlay", merged, "overlay", MS_NODEV, _overlay_options(spec, links))
     at = spec.targets or {p: p for p in MOUNT_POINTS}
     for path, kind in MOUNT_POINTS.items():
         _ensure_mountpoint(merged, at[path], kind)
@@ -386,6 +387,11 @@ def run_sandboxed(spec: SandboxSpec, on_output: Callable[[bytes], None] | None =
     be set up (with the reason)."""
     if spec.targets is None:
         spec = dataclasses.replace(spec, targets=mount_targets(spec.lower_dirs))
+    view = StackView(spec.lower_dirs)
+    # Extra mount targets are resolved inside the image too: an image symlink on the way must
+    # never lead a mount point (or the directories made for it) onto the host.
+    spec = dataclasses.replace(spec, binds=tuple((h, view.resolve(t), ro) for h, t, ro in spec.binds),
+                               tmpfs=tuple((view.resolve(t), size) for t, size in spec.tmpfs))
     sec = prepare(spec.security)  # before fork: the child only applies it
     links = _prepare_scratch(spec)
     cg = Cgroup.create_or_none(spec.limits)
@@ -483,7 +489,7 @@ def cleanup_upper(upper: Path, lower_dirs: Sequence[Path], extra: Sequence[str] 
     and the directories made or copied up only to hold them (left empty, and absent below or
     with the same metadata as below)."""
     view = StackView(lower_dirs)
-    for path in [view.resolve(p) for p in MOUNT_POINTS] + list(extra):
+    for path in [view.resolve(p) for p in list(MOUNT_POINTS) + list(extra)]:
         p = upper / path.lstrip("/")
         if view.lstat(path) is None and os.path.lexists(p):
             st = os.lstat(p)

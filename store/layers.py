@@ -12,9 +12,11 @@ entry) or converted to overlayfs form (``mode="overlay"``: 0/0 character device,
 """
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import io
+import math
 import os
 import shutil
 import stat
@@ -420,11 +422,57 @@ def open_decompressed(f: BinaryIO, media_type: str = "") -> BinaryIO:
             import lzma
             return lzma.LZMAFile(f)  # type: ignore[return-value]
     if kind == "gzip":
-        return gzip.GzipFile(fileobj=f, mode="rb")  # type: ignore[return-value]
+        counted = _CountingReader(f)
+        return _RatioLimited(gzip.GzipFile(fileobj=counted, mode="rb"), counted)  # type: ignore[return-value]
     if kind == "zstd":
         import zstandard
-        return zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True)  # type: ignore[return-value]
+        counted = _CountingReader(f)
+        return _RatioLimited(zstandard.ZstdDecompressor().stream_reader(counted, read_across_frames=True),
+                             counted)  # type: ignore[return-value]
     return f
+
+
+MAX_RATIO = int(os.environ.get("PYBUILD_MAX_DECOMPRESSION_RATIO", "100"))
+RATIO_FLOOR = 64 << 20  # below this much output no ratio is too high
+
+
+class _CountingReader(io.RawIOBase):
+    """Counts the compressed bytes read through it."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self._f, self.count = f, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        data = self._f.read(len(b))
+        n = len(data)
+        b[:n] = data
+        self.count += n
+        return n
+
+
+class _RatioLimited(io.RawIOBase):
+    """Refuses a decompression bomb: output past RATIO_FLOOR bytes must stay within MAX_RATIO
+    times the compressed input read so far (raises InvalidArchive)."""
+
+    def __init__(self, inner: BinaryIO, counted: _CountingReader) -> None:
+        self._inner, self._counted, self.out = inner, counted, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        data = self._inner.read(len(b))
+        n = len(data)
+        b[:n] = data
+        self.out += n
+        if self.out > RATIO_FLOOR and self.out > MAX_RATIO * max(1, self._counted.count):
+            raise InvalidArchive(f"layer expands more than {MAX_RATIO}:1 ({self._counted.count} compressed bytes "
+                                 f"gave {self.out}): refused as a decompression bomb",
+                                 hint="set PYBUILD_MAX_DECOMPRESSION_RATIO to allow it")
+        return n
 
 
 # ---------------------------------------------------------------------------------------------
@@ -497,9 +545,19 @@ def extract_layer(stream: BinaryIO, root: str | os.PathLike[str], *,
         tf = tarfile.open(fileobj=stream, mode="r|", encoding="utf-8", errors="surrogateescape")
     except tarfile.TarError as e:
         raise InvalidArchive(f"layer is not a tar archive: {e}") from None
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise InvalidArchive(f"layer is truncated or corrupt: {e}") from None
     try:
         for m in tf:
-            _extract_member(tf, m, root_p, mode, same_owner, stats, created, dir_times)
+            try:
+                _extract_member(tf, m, root_p, mode, same_owner, stats, created, dir_times)
+            except (ValueError, OverflowError) as e:
+                raise InvalidArchive(f"layer entry {m.name!r} is malformed: {e}") from None
+            except OSError as e:
+                if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS):
+                    raise  # the machine's problem, not the layer's
+                raise InvalidArchive(f"layer entry {m.name!r} cannot be extracted: {e.strerror}",
+                                     hint="the layer is malformed") from None
     except tarfile.TarError as e:
         raise InvalidArchive(f"layer tar is malformed: {e}") from None
     except (EOFError, zlib.error, gzip.BadGzipFile) as e:
@@ -511,7 +569,7 @@ def extract_layer(stream: BinaryIO, root: str | os.PathLike[str], *,
     for p, t in reversed(dir_times):
         try:
             os.utime(p, (t, t), follow_symlinks=False)
-        except OSError:
+        except (OSError, ValueError, OverflowError):
             pass
     return stats
 
@@ -580,6 +638,8 @@ def _apply_metadata(target: Path, m: tarfile.TarInfo, typ: str, same_owner: bool
             pass  # e.g. security.* without privilege, or a file system without xattrs
     if typ != "symlink":
         os.chmod(target, m.mode & 0o7777)
+    if not math.isfinite(m.mtime):
+        raise InvalidArchive(f"layer entry {m.name!r} has an invalid mtime {m.mtime!r}")
     if typ == "dir":
         dir_times.append((target, int(m.mtime)))
     else:

@@ -35,7 +35,17 @@ def layer_names(pb: PB, image: str) -> list[list[str]]:
 
 
 def _pybuild_cgroups() -> set[str]:
-    return {base for base, _, _ in os.walk("/sys/fs/cgroup") if os.path.basename(base).startswith("pybuild-")}
+    """Empty pybuild cgroups: what a step that did not clean up leaves (a live build elsewhere on
+    the machine has processes in its cgroup)."""
+    out = set()
+    for base, _, _ in os.walk("/sys/fs/cgroup"):
+        if os.path.basename(base).startswith("pybuild-"):
+            try:
+                if not Path(base, "cgroup.procs").read_text().strip():
+                    out.add(base)
+            except OSError:
+                continue
+    return out
 
 
 _BEFORE = _pybuild_cgroups()

@@ -1,0 +1,6 @@
+# escape=`
+FROM busybox
+RUN echo a `
+    b `
+    c
+COPY a` b /dst/

@@ -1,0 +1,5 @@
+# syntax=docker/dockerfile:1
+# check=skip=all
+# escape=\
+
+FROM busybox

@@ -1,0 +1,7 @@
+FROM busybox
+RUN echo a \
+# comment inside
+
+    && echo b \
+  \
+    && echo c

@@ -1,0 +1,3 @@
+FROM busybox AS a
+FROM busybox AS A
+FROM busybox AS 1bad

@@ -1,0 +1,4 @@
+FROM busybox
+COPY ["a b", "c\"d", "/dst/"]
+COPY [ "x" ]
+ADD [] /

@@ -1,0 +1,6 @@
+FROM busybox
+RUN ["sh", "-c", "<<EOF"]
+EOF
+CMD <<EOF
+not a heredoc for CMD
+EOF

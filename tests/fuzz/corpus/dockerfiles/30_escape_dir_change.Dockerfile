@@ -1,0 +1,7 @@
+# escape=`
+FROM busybox
+RUN echo \
+COPY a\b `
+ c
+# escape=\
+RUN x

@@ -1,0 +1,6 @@
+FROM busybox
+VOLUME /a /b
+VOLUME ["/c"]
+VOLUME
+WORKDIR
+USER

@@ -1,0 +1,1 @@
+"""Reliability tests: hostile layers, hostile build contexts (issue 7)."""
