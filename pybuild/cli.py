@@ -28,7 +28,8 @@ class Ctx:
 
     def store(self) -> "Any":
         from pybuild.store.store import Store, default_root
-        return Store(Path(self.root_arg) if self.root_arg else default_root())
+        # Absolute: the sandbox changes directory before it uses store paths.
+        return Store(Path(self.root_arg).absolute() if self.root_arg else default_root())
 
 
 pass_ctx = click.make_pass_decorator(Ctx)

@@ -175,3 +175,13 @@ def test_corrupt_layer_fails_save_naming_the_blob(pb_busybox: PB, tmp_path: Path
         r = pb_busybox.run("save", "busybox", "-o", str(out), "--format", fmt, check=False)
         assert r.code == 1 and layer in r.err, r.err
         assert not out.exists()  # no half-written archive
+
+
+def test_relative_root_works_for_run_steps(busybox_tar: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    (tmp_path / "Dockerfile").write_text("FROM busybox\nRUN echo ok > /ok\n")
+    base = [sys.executable, "-m", "pybuild", "--root", "./rel-store"]
+    for args in (["import", str(busybox_tar), "busybox"], ["build", "-t", "rel", "."]):
+        p = subprocess.run(base + args, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, p.stderr
