@@ -341,7 +341,7 @@ class Buildah:
             if self._ready:
                 return
             if shutil.which("buildah") is None:
-                pytest.skip("buildah is not installed (apt-get install buildah)")
+                pytest.fail("buildah is not installed (apt-get install buildah)", pytrace=False)
             (self.root / "tmp").mkdir(parents=True, exist_ok=True)
             (self.root / "registries.conf").write_text(REGISTRIES_CONF)
             self.run("pull", "--quiet", f"oci-archive:{self.base_archive}")

@@ -468,7 +468,7 @@ def host_disk(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-unty
     img.write_bytes(marker + bytes((1 << 20) - len(marker)))
     p = subprocess.run(["losetup", "-f", "--show", str(img)], capture_output=True, text=True)
     if p.returncode != 0:
-        pytest.skip(f"no loop device: {p.stderr.strip()}")
+        pytest.fail(f"no loop device for the host-disk test: {p.stderr.strip()} (needs root and loop support)", pytrace=False)
     dev = p.stdout.strip()
     try:
         with open(dev, "rb") as f:
