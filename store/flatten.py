@@ -7,28 +7,15 @@ hides lower layers, never the user's files).
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
-from pybuild.errors import DigestMismatch
-
-from .layers import extract_layer, open_decompressed
+from .layers import extract_verified
 from .store import Image, Store
 
 __all__ = ["flatten_image"]
-
-
-class _Hashing:
-    def __init__(self, f: object) -> None:
-        self._f, self.h = f, hashlib.sha256()
-
-    def read(self, n: int = -1) -> bytes:
-        data = self._f.read(n)  # type: ignore[attr-defined]
-        self.h.update(data)
-        return data
 
 
 def flatten_image(store: Store, image: Image, dest: Path) -> None:
@@ -38,15 +25,7 @@ def flatten_image(store: Store, image: Image, dest: Path) -> None:
     work = Path(tempfile.mkdtemp(prefix=".pybuild-output-", dir=dest.parent))
     try:
         for layer, diff_id in zip(image.manifest.layers, image.config.diff_ids):
-            with store.content.open_blob(layer.digest, layer.size) as blob:
-                hashing = _Hashing(open_decompressed(blob, layer.media_type))
-                extract_layer(hashing, work, mode="apply")  # type: ignore[arg-type]
-                while hashing.read(1 << 20):
-                    pass
-                blob.finish()
-            if hashing.h.hexdigest() != diff_id.hex:
-                raise DigestMismatch(f"layer {layer.digest} uncompresses to sha256:{hashing.h.hexdigest()}, "
-                                     f"but the image config says {diff_id}", expected=str(diff_id))
+            extract_verified(store.content, layer, diff_id, work, mode="apply")
         _merge(work, dest)
     finally:
         shutil.rmtree(work, ignore_errors=True)

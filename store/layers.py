@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator, Literal, Mapping
 
-from pybuild.errors import InvalidArchive, UnsafeLayer
+from pybuild.errors import DigestMismatch, InvalidArchive, UnsafeLayer
 from pybuild.oci import Descriptor, Digest, MediaType
 from pybuild.paths import TooManyLinks, resolve_in_root
 
@@ -35,7 +35,7 @@ from .content import ContentStore
 __all__ = [
     "Entry", "WHITEOUT_PREFIX", "OPAQUE_WHITEOUT", "entries_from_dir", "entries_from_tar", "entries_from_upper",
     "write_tar", "LayerResult", "write_layer", "open_decompressed", "extract_layer",
-    "secure_join", "normalize_name", "ExtractStats",
+    "secure_join", "normalize_name", "ExtractStats", "extract_verified",
 ]
 
 WHITEOUT_PREFIX = ".wh."
@@ -436,11 +436,11 @@ MAX_RATIO = int(os.environ.get("PYBUILD_MAX_DECOMPRESSION_RATIO", "100"))
 RATIO_FLOOR = 64 << 20  # below this much output no ratio is too high
 
 
-class _CountingReader(io.RawIOBase):
-    """Counts the compressed bytes read through it."""
+class _TeeReader(io.RawIOBase):
+    """Reads through ``f``, handing every chunk to ``seen`` (to count or hash it)."""
 
-    def __init__(self, f: BinaryIO) -> None:
-        self._f, self.count = f, 0
+    def __init__(self, f: BinaryIO, seen: Callable[[bytes], object]) -> None:
+        self._f, self._seen = f, seen
 
     def readable(self) -> bool:
         return True
@@ -449,8 +449,38 @@ class _CountingReader(io.RawIOBase):
         data = self._f.read(len(b))
         n = len(data)
         b[:n] = data
-        self.count += n
+        self._seen(data)
         return n
+
+
+class _CountingReader(_TeeReader):
+    """Counts the compressed bytes read through it."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.count = 0
+        super().__init__(f, self._add)
+
+    def _add(self, data: bytes) -> None:
+        self.count += len(data)
+
+
+def extract_verified(content: ContentStore, layer: Descriptor, diff_id: Digest, root: str | os.PathLike[str],
+                     mode: Literal["apply", "overlay"] = "apply") -> ExtractStats:
+    """Extract the layer blob ``layer`` into ``root``, verifying the blob (digest, size) and the
+    uncompressed stream against ``diff_id``. Raises DigestMismatch, InvalidArchive, UnsafeLayer;
+    on a mismatch the caller discards ``root``."""
+    h = hashlib.sha256()
+    with content.open_blob(layer.digest, layer.size) as blob:
+        tee = _TeeReader(open_decompressed(blob, layer.media_type), h.update)  # type: ignore[arg-type]
+        stats = extract_layer(tee, root, mode=mode)  # type: ignore[arg-type]
+        while tee.read(1 << 20):
+            pass
+        blob.finish()
+    if h.hexdigest() != diff_id.hex:
+        raise DigestMismatch(f"layer {layer.digest} uncompresses to sha256:{h.hexdigest()}, "
+                             f"but the image config says {diff_id}", expected=str(diff_id),
+                             actual=f"sha256:{h.hexdigest()}")
+    return stats
 
 
 class _RatioLimited(io.RawIOBase):

@@ -11,23 +11,21 @@ and happens in a temp directory renamed into place, so a half-made snapshot is n
 """
 from __future__ import annotations
 
-import hashlib
-import io
 import os
 import shutil
 import stat
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator, Sequence
+from typing import Iterator, Sequence
 
-from pybuild.errors import DigestMismatch, InvalidArchive
+from pybuild.errors import InvalidArchive
 from pybuild.oci import Descriptor, Digest, chain_ids
 from pybuild.paths import TooManyLinks, resolve_in_root
 
 from .content import ContentStore
 from .fsutil import fsync_dir
-from .layers import _opaque, extract_layer, open_decompressed
+from .layers import _opaque, extract_verified
 
 __all__ = ["LayerRef", "Snapshots", "StackView", "is_whiteout", "is_opaque"]
 
@@ -38,22 +36,6 @@ class LayerRef:
 
     descriptor: Descriptor
     diff_id: Digest
-
-
-class _HashingReader(io.RawIOBase):
-    def __init__(self, f: BinaryIO) -> None:
-        self._f = f
-        self.hasher = hashlib.sha256()
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
-        data = self._f.read(len(b))
-        n = len(data)
-        b[:n] = data
-        self.hasher.update(data)
-        return n
 
 
 class Snapshots:
@@ -87,17 +69,7 @@ class Snapshots:
         tmp = self.root / f".tmp-{uuid.uuid4().hex}"
         tmp.mkdir(parents=True)
         try:
-            with self.content.open_blob(ref.descriptor.digest, ref.descriptor.size) as blob:
-                hashing = _HashingReader(open_decompressed(blob, ref.descriptor.media_type))  # type: ignore[arg-type]
-                extract_layer(hashing, tmp, mode="overlay")  # type: ignore[arg-type]
-                while hashing.read(1 << 20):
-                    pass
-                blob.finish()
-            got = Digest("sha256", hashing.hasher.hexdigest())
-            if got != ref.diff_id:
-                raise DigestMismatch(f"layer {ref.descriptor.digest} uncompresses to {got}, "
-                                     f"but the image config says {ref.diff_id}",
-                                     expected=str(ref.diff_id), actual=str(got))
+            extract_verified(self.content, ref.descriptor, ref.diff_id, tmp, mode="overlay")
             os.chmod(tmp, 0o755)
             self._publish(tmp, dest)
         except BaseException:
