@@ -26,9 +26,10 @@ from pybuild.errors import BuildError, DockerfileError, NotFound, PybuildError, 
 from pybuild.oci import ContainerConfig, Descriptor, Digest, History, ImageConfig, Platform, chain_id
 from pybuild.store.cache import CacheRecord
 from pybuild.store.importer import rfc3339, source_date_epoch
-from pybuild.store.layers import entries_from_upper, write_layer
+from pybuild.store.layers import Entry, entries_from_upper, write_layer
 from pybuild.store.snapshots import LayerRef, StackView
 from pybuild.store.store import Image, Store
+from pybuild.userns import in_user_namespace
 
 from . import dockerfile as df
 from .remote import download, is_url
@@ -37,7 +38,7 @@ from .mounts import RunMount, parse_mount
 from .security import SecurityOpts
 from .vfs import diff_into_upper, materialize, overlay_available
 from .sandbox import SandboxSpec, cleanup_upper, relink_lower_hardlinks, run_sandboxed
-from .copy import (CopyItem, ImageFS, SourceFS, SrcStat, apply_items, parse_chmod, plan_sources,
+from .copy import (CopyItem, ImageFS, LayerPlan, SourceFS, SrcStat, apply_items, parse_chmod, plan_sources,
                    resolve_owner)
 from .context_fs import DirFS
 from .expand import ExpansionError, env_pairs_expand, expand_heredoc, expand_word, expand_words
@@ -617,22 +618,31 @@ class _Builder:
 
     def commit_upper(self, ins: df.Instruction, state: _State, upper: Path, canonical: str,
                      lower: list[Path] | None = None) -> None:
-        below = StackView(lower if lower is not None else [])
+        """Turn a RUN step's upper dir into a layer; the upper dir becomes its snapshot."""
+        below = StackView(lower if lower is not None else [], cached=True)
         entries = entries_from_upper(upper, lambda p: below.lstat(p) is not None)
-        if not entries:
+        chain = self.commit_entries(state, entries, canonical)
+        if chain is None:
             shutil.rmtree(upper, ignore_errors=True)
+        else:
+            self.store.snapshots.commit(upper, chain)
+
+    def commit_entries(self, state: _State, entries: list[Entry], canonical: str) -> Digest | None:
+        """Write ``entries`` as the step's layer (or record an empty step); returns the new
+        chain id, or None for an empty step. The snapshot is made later, when a step needs it."""
+        if not entries:
             self.store.cache.put(state.key, CacheRecord())
             state.config = state.config.with_history(History(created=self.created, created_by=canonical,
                                                              comment=HISTORY_COMMENT, empty_layer=True))
-            return
+            return None
         result = write_layer(self.store.content, entries, self.opts.compression, clamp_mtime=self.clamp)
         ref = LayerRef(result.descriptor, result.diff_id)
         chain = chain_id([x.diff_id for x in state.layers] + [result.diff_id])
         assert chain is not None
-        self.store.snapshots.commit(upper, chain)
         self.chains.append(chain)
         self.store.cache.put(state.key, CacheRecord(result.descriptor, result.diff_id))
         self.add_layer(state, ref, canonical)
+        return chain
 
     def add_layer(self, state: _State, ref: LayerRef, canonical: str) -> None:
         state.layers.append(ref)
@@ -685,25 +695,19 @@ class _Builder:
             return self.record_meta_keyed(state, canonical)
         if self.from_cache(state, canonical):
             return True
-        lower = self.lower_dirs(state)
-        view = StackView(lower)
+        view = StackView(self.lower_dirs(state), cached=True)
         if view.lstat(view.resolve(new)) is not None:
             return self.record_meta_keyed(state, canonical)
-        upper = self.store.snapshots.prepare()
-        try:
-            user = state.config.config.User
-            owner = None
-            if user:
-                try:
-                    owner = resolve_owner(user, view)
-                except PybuildError:
-                    owner = None
-            item = CopyItem(new, SrcStat("dir", 0o755, 0, 0, 0, 0), data=None)
-            apply_items([item], upper, lower, owner=owner)
-            self.commit_upper(ins, state, upper, canonical, lower)
-        except BaseException:
-            shutil.rmtree(upper, ignore_errors=True)
-            raise
+        user = state.config.config.User
+        owner = None
+        if user:
+            try:
+                owner = resolve_owner(user, view)
+            except PybuildError:
+                owner = None
+        plan = LayerPlan(view, owner=owner)
+        plan.add([CopyItem(new, SrcStat("dir", 0o755, 0, 0, 0, 0), data=None)])
+        self.commit_entries(state, plan.entries(), canonical)
         return False
 
     def run_argv(self, ins: df.Run, cc: ContainerConfig, scratch_files: dict[str, bytes]) -> list[str]:
@@ -832,10 +836,11 @@ class _Builder:
         if idx is not None:
             src = self.states[idx]
             chain = chain_id([x.diff_id for x in src.layers])
-            return ImageFS(StackView(self.store.snapshots.ensure(src.layers))), chain.hex if chain else "empty", True
+            view = StackView(self.store.snapshots.ensure(src.layers), cached=True)
+            return ImageFS(view), chain.hex if chain else "empty", True
         img = self.resolver.resolve(m.from_, self.platform)
         layers = [LayerRef(d, i) for d, i in zip(img.manifest.layers, img.config.diff_ids)]
-        return ImageFS(StackView(self.store.snapshots.ensure(layers))), str(img.descriptor.digest), True
+        return ImageFS(StackView(self.store.snapshots.ensure(layers), cached=True)), str(img.descriptor.digest), True
 
     def mount_key(self, ins: df.Instruction, m: RunMount, state: _State) -> str:
         if m.type == "bind":
@@ -954,7 +959,7 @@ class _Builder:
             idx = dockerfile.resolve_stage(ref, stage.index, line=ins.line)
             if idx is not None:
                 src_state = states[idx]
-                view = StackView(self.store.snapshots.ensure(src_state.layers))
+                view = StackView(self.store.snapshots.ensure(src_state.layers), cached=True)
                 input_digest = _h("stage", (chain_id([x.diff_id for x in src_state.layers]) or Digest.of(b"")).hex)
             else:
                 try:
@@ -963,7 +968,7 @@ class _Builder:
                     raise DockerfileError(f"COPY --from={ref}: {e.message}", file=self.file, line=ins.line,
                                           text=ins.original.splitlines()[0], hint=e.hint) from None
                 layers = [LayerRef(d, i) for d, i in zip(img.manifest.layers, img.config.diff_ids)]
-                view = StackView(self.store.snapshots.ensure(layers))
+                view = StackView(self.store.snapshots.ensure(layers), cached=True)
                 input_digest = _h("image", str(img.descriptor.digest))
             fs = ImageFS(view)
             keep_owner = True
@@ -987,7 +992,7 @@ class _Builder:
                 shutil.rmtree(t, ignore_errors=True)
             return True
         lower = [] if ins.link else self.lower_dirs(state)
-        view = StackView(lower)
+        view = StackView(lower, cached=True)
         exclude_fn = self.opts.context.exclude_matcher(excludes) if excludes else None
         items: list[CopyItem] = []
         try:
@@ -1013,15 +1018,14 @@ class _Builder:
                 target = posixpath.join(d_abs, name) if dest.endswith("/") else d_abs
                 items.append(CopyItem(posixpath.normpath(target), SrcStat("file", 0o644, 0, 0, len(body), 0),
                                       data=body))
-            owner = resolve_owner(chown, StackView(self.lower_dirs(state)), f"{self.file}:{ins.line}: ") \
-                if chown else None
-            upper = self.store.snapshots.prepare()
-            try:
-                apply_items(items, upper, lower, owner=owner, keep_owner=keep_owner, chmod=chmod)
-                self.commit_upper(ins, state, upper, canonical, lower)
-            except BaseException:
-                shutil.rmtree(upper, ignore_errors=True)
-                raise
+            owner_view = view if not ins.link else StackView(self.lower_dirs(state), cached=True)
+            owner = resolve_owner(chown, owner_view, f"{self.file}:{ins.line}: ") if chown else None
+            # The layer streams from the sources into the tar; its snapshot is extracted only
+            # if a later step needs one.
+            plan = LayerPlan(view, owner=owner, keep_owner=keep_owner, chmod=chmod,
+                             skip_devices=os.geteuid() != 0 or in_user_namespace())
+            plan.add(items)
+            self.commit_entries(state, plan.entries(), canonical)
         finally:
             for t in tmpdirs:
                 shutil.rmtree(t, ignore_errors=True)

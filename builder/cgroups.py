@@ -81,7 +81,7 @@ class Cgroup:
     @classmethod
     def create(cls, limits: Limits) -> "Cgroup":
         """Create the cgroup and set ``limits``. Raises BuildError when cgroups are unusable."""
-        name = f"pybuild-{uuid.uuid4().hex[:12]}"
+        name = f"pybuild-{os.getpid()}-{uuid.uuid4().hex[:8]}"  # the owner's pid: see sweep_stale
         v2 = _v2_root()
         try:
             if v2 is not None:
@@ -185,9 +185,25 @@ class Cgroup:
                     time.sleep(0.02)
 
 
+def owner_alive(name: str) -> bool | None:
+    """Whether the pybuild process that made the cgroup ``pybuild-<pid>-<id>`` still runs
+    (None for a name without a pid)."""
+    parts = name.split("-")
+    if len(parts) != 3 or not parts[1].isdigit():
+        return None
+    try:
+        os.kill(int(parts[1]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def sweep_stale(min_age: float = 30.0) -> int:
-    """Remove empty ``pybuild-*`` cgroups older than ``min_age`` seconds: what a killed pybuild
-    left (a live one's cgroup holds processes). Returns how many were removed."""
+    """Remove empty ``pybuild-*`` cgroups whose owner process is gone, or (names without an
+    owner pid) older than ``min_age`` seconds: what a killed pybuild left. A live build's empty
+    cgroup (made, not yet joined) is left alone. Returns how many were removed."""
     removed = 0
     bases = [_ROOT / c / _own_path(c) for c in ("memory", "pids", "cpu")]
     v2 = _v2_root()
@@ -201,7 +217,10 @@ def sweep_stale(min_age: float = 30.0) -> int:
             continue
         for d in entries:
             try:
-                if (d / "cgroup.procs").read_text().strip() or now - d.stat().st_mtime < min_age:
+                if (d / "cgroup.procs").read_text().strip():
+                    continue
+                alive = owner_alive(d.name)
+                if alive or (alive is None and now - d.stat().st_mtime < min_age):
                     continue
                 d.rmdir()
                 removed += 1

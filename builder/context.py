@@ -60,7 +60,7 @@ import tempfile
 import threading
 import time
 import zlib
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -1149,6 +1149,8 @@ class BuildContext:
         self._children: dict[str, list[str]] = {}
         self._root_entry: ContextEntry | None = None
         self._digests: dict[str, str] = {}
+        self._resolved: dict[tuple[str, bool], str] = {}
+        self._dir_fds: OrderedDict[str, int] = OrderedDict()
         self.hashed_files = 0
         self.hashed_bytes = 0
         self.closed = False
@@ -1170,6 +1172,9 @@ class BuildContext:
         if self.closed:
             return
         self.closed = True
+        with self._lock:
+            while self._dir_fds:
+                os.close(self._dir_fds.popitem()[1])
         try:
             if self.stat_cache is not None and self._owns_stat_cache:
                 self.stat_cache.close()
@@ -1351,6 +1356,9 @@ class BuildContext:
         Raises NotFound (missing, excluded, or a non-directory used as a directory) and UserError
         (more than 255 symlinks).
         """
+        hit = self._resolved.get((relpath, follow_final))
+        if hit is not None:
+            return hit
         index = self.walk()
         parts = deque(p for p in clean_context_path(relpath).split("/") if p not in ("", "."))
         resolved: list[str] = []
@@ -1378,7 +1386,9 @@ class BuildContext:
             if parts and entry.type is not EntryType.DIR:
                 raise self._not_found(relpath, "not a directory")
             resolved.append(c)
-        return "/".join(resolved) or "."
+        out = "/".join(resolved) or "."
+        self._resolved[(relpath, follow_final)] = out  # the index never changes once walked
+        return out
 
     def open(self, relpath: str) -> BinaryIO:
         """Open the regular file ``relpath`` of the context for reading (symlinks followed safely).
@@ -1397,26 +1407,58 @@ class BuildContext:
         fd = self._open_resolved(relpath, resolved)
         return os.fdopen(fd, "rb")
 
+    def _dir_fd(self, resolved_dir: str) -> int:
+        """A descriptor of the context directory ``resolved_dir``, opened component by component
+        with O_NOFOLLOW below the root (kept open, at most 64 at a time, until :meth:`close`).
+        Raises OSError, or UserError when the directory no longer resolves to itself."""
+        with self._lock:
+            fd = self._dir_fds.get(resolved_dir)
+            if fd is not None:
+                self._dir_fds.move_to_end(resolved_dir)
+                return fd
+            assert self.root is not None
+            try:
+                root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError as e:
+                raise UserError(f"cannot open build context {self.root}: {e.strerror or e}") from e
+            try:
+                fd, on_disk = _open_dir_beneath(root_fd, resolved_dir)
+            finally:
+                os.close(root_fd)
+            if on_disk != (resolved_dir or "."):
+                os.close(fd)
+                raise UserError(f'"{resolved_dir}": the build context changed during the build',
+                                hint="do not modify the context while building; build again")
+            self._dir_fds[resolved_dir] = fd
+            while len(self._dir_fds) > 64:
+                os.close(self._dir_fds.popitem(last=False)[1])
+            return fd
+
     def _open_resolved(self, relpath: str, resolved: str) -> int:
+        """Open the regular file at the index path ``resolved``: the final component with
+        O_NOFOLLOW below its directory's descriptor (see :meth:`_dir_fd`)."""
         if self.root is None:
             raise self._not_found(relpath)
+        parent, _, name = resolved.rpartition("/")
         try:
-            root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError as e:
-            raise UserError(f"cannot open build context {self.root}: {e.strerror or e}") from e
-        try:
-            fd, on_disk = _open_file_beneath(root_fd, resolved)
+            with self._lock:  # the descriptor must stay open while we use it
+                dfd = self._dir_fd(parent)
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd)
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise OSError(errno.EINVAL, "not a regular file", relpath)
+                os.set_blocking(fd, True)
+            except BaseException:
+                os.close(fd)
+                raise
         except FileNotFoundError as e:
             raise NotFound(f'"{relpath}": removed from the build context during the build') from e
         except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise UserError(f'"{relpath}": the build context changed during the build',
+                                hint="do not modify the context while building; build again") from e
             raise UserError(f'"{relpath}": cannot read from the build context: {e.strerror or e}',
                             hint="was the context changed during the build?") from e
-        finally:
-            os.close(root_fd)
-        if on_disk != resolved:
-            os.close(fd)
-            raise UserError(f'"{relpath}": the build context changed during the build',
-                            hint="do not modify the context while building; build again")
         return fd
 
     def read_bytes(self, relpath: str) -> bytes:

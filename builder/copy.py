@@ -16,19 +16,23 @@ metadata), so the same "upper dir → layer" path serves COPY and RUN. Docker's 
 """
 from __future__ import annotations
 
+import io
 import os
 import posixpath
 import shutil
 import stat
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import BinaryIO, Callable, Protocol
+from typing import BinaryIO, Callable, Iterable, Protocol
 
 from pybuild.errors import BuildError, UserError
+from pybuild.paths import TooManyLinks, resolve_in_root
+from pybuild.store.layers import Entry, order_hardlinks
 from pybuild.store.snapshots import StackView, is_whiteout
 
-__all__ = ["SourceFS", "SrcStat", "ImageFS", "CopyItem", "plan_sources", "apply_items", "Owner",
-           "resolve_owner", "has_wildcard"]
+__all__ = ["SourceFS", "SrcStat", "ImageFS", "CopyItem", "plan_sources", "LayerPlan", "materialize",
+           "apply_items", "Owner", "resolve_owner", "has_wildcard"]
 
 _WILDCARDS = set("*?[")
 
@@ -306,108 +310,261 @@ def parse_chmod(spec: str, where: str = "") -> int:
                         hint="e.g. --chmod=0755") from None
 
 
-# -- writing into the upper dir ------------------------------------------------------------------
+# -- the layer a step adds ------------------------------------------------------------------------
 
-def _ensure_parent(upper: Path, lower: StackView, merged: StackView, parent: str,
-                   new_owner: Owner | None) -> Path:
-    """Make sure the (resolved) image dir ``parent`` exists in upper, copying metadata up."""
-    parts = [p for p in parent.split("/") if p]
-    cur = upper
-    img = ""
-    for part in parts:
-        img += "/" + part
-        cur = cur / part
-        try:
-            st = os.lstat(cur)
-            if stat.S_ISDIR(st.st_mode):
+@dataclass
+class _Node:
+    """One entry of the in-memory upper: what the step has put at an image path so far."""
+
+    kind: str  # dir, file, hardlink, symlink, char, block, fifo
+    mode: int
+    uid: int
+    gid: int
+    mtime: int
+    size: int = 0
+    linkname: str = ""
+    rdev: int = 0
+    opener: Callable[[], BinaryIO] | None = None
+    merges: bool = True  # a dir: the lower layers' dir at this path shows through
+
+
+def _opener(it: CopyItem) -> Callable[[], BinaryIO]:
+    if it.data is not None:
+        data = it.data
+        return lambda: io.BytesIO(data)
+    fs, src = it.fs, it.src
+    assert fs is not None
+    return lambda: fs.open(src)
+
+
+class LayerPlan:
+    """The entries a COPY/ADD/WORKDIR step adds, computed in memory over the lower layers.
+
+    It behaves as an overlayfs upper dir would after writing the same items (parents copied up
+    with their lower metadata, later items replacing earlier ones, symlinks resolved inside the
+    image through both), but nothing is written: ``entries()`` streams file contents from their
+    sources straight into the layer tar. ``lower`` should be a cached StackView.
+    """
+
+    def __init__(self, lower: StackView, *, owner: Owner | None = None, keep_owner: bool = False,
+                 chmod: int | None = None, skip_devices: bool = False) -> None:
+        self.lower = lower
+        self.owner = owner
+        self.keep_owner = keep_owner
+        self.chmod = chmod
+        self.skip_devices = skip_devices
+        self.nodes: dict[str, _Node] = {}  # image path without the leading "/"
+        self._resolved: dict[str, str] = {}
+        self._links: dict[tuple[int, tuple[int, int]], str] = {}
+        self._now = int(time.time())
+
+    # -- the merged view (upper nodes over the lower stack) ------------------------------------
+    def _lower_visible(self, parts: list[str]) -> bool:
+        """Whether the lower layers show through at ``parts`` (no upper ancestor hides them)."""
+        for i in range(1, len(parts)):
+            n = self.nodes.get("/".join(parts[:i]))
+            if n is not None and (n.kind != "dir" or not n.merges):
+                return False
+        return True
+
+    def _lower(self, parts: list[str]) -> tuple[Path, os.stat_result] | None:
+        return self.lower._lookup(parts) if self._lower_visible(parts) else None
+
+    def _readlink(self, parts: list[str]) -> str | None:
+        n = self.nodes.get("/".join(parts))
+        if n is not None:
+            return n.linkname if n.kind == "symlink" else None
+        low = self._lower(parts)
+        return os.readlink(low[0]) if low and stat.S_ISLNK(low[1].st_mode) else None
+
+    def resolve(self, path: str) -> str:
+        """``path`` with every symlink resolved inside the image, as the step sees it now."""
+        hit = self._resolved.get(path)
+        if hit is None:
+            try:
+                hit = "/" + "/".join(resolve_in_root(path, self._readlink))
+            except TooManyLinks as e:
+                raise BuildError(f"{e} in the image") from None
+            self._resolved[path] = hit
+        return hit
+
+    def kind_at(self, resolved: str) -> str | None:
+        """The kind of entry at a resolved image path (None when absent)."""
+        parts = [p for p in resolved.split("/") if p]
+        if not parts:
+            return "dir"
+        n = self.nodes.get("/".join(parts))
+        if n is not None:
+            return n.kind
+        low = self._lower(parts)
+        return _kind(low[1].st_mode) if low else None
+
+    def _changed_shape(self) -> None:
+        """A symlink appeared or a non-directory was replaced: earlier resolutions may be stale."""
+        self._resolved.clear()
+
+    def _drop(self, key: str) -> None:
+        gone = self.nodes.pop(key)
+        if gone.kind == "dir":
+            prefix = key + "/"
+            for k in [k for k in self.nodes if k.startswith(prefix)]:
+                del self.nodes[k]
+        self._changed_shape()
+
+    def _ensure_parent(self, parent: str) -> None:
+        """Every directory of the resolved image path ``parent`` is in the upper (copied up)."""
+        parts = [p for p in parent.split("/") if p]
+        for i in range(1, len(parts) + 1):
+            key = "/".join(parts[:i])
+            n = self.nodes.get(key)
+            if n is not None:
+                if n.kind == "dir":
+                    continue
+                self._drop(key)  # a non-directory where a directory is needed
+            low = self._lower(parts[:i])
+            if low is not None and stat.S_ISDIR(low[1].st_mode):
+                st = low[1]
+                self.nodes[key] = _Node("dir", stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, int(st.st_mtime))
+            else:
+                o = self.owner
+                self.nodes[key] = _Node("dir", 0o755, o.uid if o else 0, o.gid if o else 0, self._now,
+                                        merges=False)
+                if low is not None:
+                    self._changed_shape()
+
+    # -- adding items -----------------------------------------------------------------------------
+    def add(self, items: Iterable[CopyItem]) -> None:
+        """Place ``items`` in order, with docker's COPY rules (see the module docstring)."""
+        for it in items:
+            self._add(it)
+
+    def _add(self, it: CopyItem) -> None:
+        resolved_parent = self.resolve(posixpath.dirname(it.dest) or "/")
+        name = posixpath.basename(it.dest)
+        if not name:  # copying onto "/" itself: only metadata, nothing to create
+            return
+        if it.dest_root and self.kind_at(self.resolve(it.dest)) == "dir":
+            return  # an existing destination keeps its own metadata
+        self._ensure_parent(resolved_parent)
+        key = (resolved_parent.strip("/") + "/" + name).lstrip("/")
+        st = it.st
+        existing = self.nodes.get(key)
+        if existing is not None and not (st.kind == "dir" and existing.kind == "dir"):
+            self._drop(key)
+            existing = None
+        uid, gid = (st.uid, st.gid) if self.keep_owner or it.keep_owner else (0, 0)
+        if self.owner is not None:
+            uid, gid = self.owner.uid, self.owner.gid
+        mode = st.mode if self.chmod is None or it.dest_root else self.chmod  # --chmod spares the made dest dir
+        mtime = int(st.mtime)
+        if st.kind == "dir":
+            if existing is not None:
+                existing.mode, existing.uid, existing.gid, existing.mtime = mode, uid, gid, mtime
+                return
+            low = self._lower(key.split("/"))
+            merges = low is not None and stat.S_ISDIR(low[1].st_mode)
+            if low is not None and not merges:
+                self._changed_shape()
+            self.nodes[key] = _Node("dir", mode, uid, gid, mtime, merges=merges)
+            return
+        if self._lower(key.split("/")) is not None:
+            self._changed_shape()  # a lower entry (a directory, a symlink) is hidden from now on
+        if st.kind == "file":
+            link_key = (it.group, st.inode) if st.inode is not None else None
+            if link_key is not None and it.data is None and link_key in self._links:
+                first = self._links[link_key]
+                self.nodes[key] = _Node("hardlink", mode, uid, gid, mtime, size=st.size, linkname=first,
+                                        opener=_opener(it))
+                return
+            self.nodes[key] = _Node("file", mode, uid, gid, mtime,
+                                    size=len(it.data) if it.data is not None else st.size, opener=_opener(it))
+            if link_key is not None and it.data is None:
+                self._links[link_key] = key
+        elif st.kind == "symlink":
+            self.nodes[key] = _Node("symlink", 0o777, uid, gid, mtime, linkname=st.linkname)
+            self._changed_shape()
+        elif st.kind in ("char", "block"):
+            if not self.skip_devices:
+                self.nodes[key] = _Node(st.kind, mode, uid, gid, mtime, rdev=st.rdev)
+        elif st.kind == "fifo":
+            self.nodes[key] = _Node("fifo", mode, uid, gid, mtime)
+
+    # -- the result -------------------------------------------------------------------------------
+    def entries(self) -> list[Entry]:
+        """The layer entries, sorted, hardlink groups ordered (the first path carries the content)."""
+        out: list[Entry] = []
+        for key, n in self.nodes.items():
+            if n.kind == "hardlink":
+                target = self.nodes.get(n.linkname)
+                if target is not None and target.kind == "file":
+                    # A hardlink shares its inode: the metadata is the first file's.
+                    out.append(Entry(key, "hardlink", target.mode, target.uid, target.gid, target.mtime,
+                                     linkname=n.linkname))
+                    continue
+                n = _Node("file", n.mode, n.uid, n.gid, n.mtime, size=n.size, opener=n.opener)
+            out.append(Entry(key, n.kind, n.mode, n.uid, n.gid, n.mtime,  # type: ignore[arg-type]
+                             size=n.size if n.kind == "file" else 0, linkname=n.linkname,
+                             devmajor=os.major(n.rdev) if n.rdev else 0, devminor=os.minor(n.rdev) if n.rdev else 0,
+                             open=n.opener if n.kind == "file" else None))
+        out.sort(key=lambda e: tuple(e.path.split("/")))
+        return order_hardlinks(out)
+
+
+def materialize(entries: Iterable[Entry], root: Path) -> int:
+    """Write sorted ``entries`` as files under ``root`` (an empty directory); returns the count.
+
+    Directory metadata is applied last, so their mtimes stay as given. Device nodes that cannot
+    be made (no CAP_MKNOD) are left out.
+    """
+    dirs: list[tuple[Path, Entry]] = []
+    n = 0
+    for e in entries:
+        target = root / e.path
+        if e.type == "dir":
+            os.makedirs(target, exist_ok=True)
+            dirs.append((target, e))
+            n += 1
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if e.type == "file":
+            assert e.open is not None
+            with e.open() as src, open(target, "xb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+        elif e.type == "hardlink":
+            os.link(root / e.linkname, target)
+            n += 1
+            continue
+        elif e.type == "symlink":
+            os.symlink(e.linkname, target)
+        elif e.type in ("char", "block"):
+            try:
+                os.mknod(target, (stat.S_IFCHR if e.type == "char" else stat.S_IFBLK) | 0o600,
+                         os.makedev(e.devmajor, e.devminor))
+            except PermissionError:
                 continue
-            cur.unlink()  # a non-directory in upper where a directory is needed
-        except FileNotFoundError:
-            pass
-        low = lower.lstat(img)
-        os.mkdir(cur)
-        if low is not None and stat.S_ISDIR(low.st_mode):
-            os.chmod(cur, stat.S_IMODE(low.st_mode))
-            os.lchown(cur, low.st_uid, low.st_gid)
-            os.utime(cur, ns=(low.st_atime_ns, low.st_mtime_ns))
-        else:
-            os.chmod(cur, 0o755)
-            if new_owner:
-                os.lchown(cur, new_owner.uid, new_owner.gid)
-    return cur
+        elif e.type == "fifo":
+            os.mkfifo(target, 0o600)
+        _set_meta(target, e)
+        n += 1
+    for target, e in reversed(dirs):
+        _set_meta(target, e)
+    return n
+
+
+def _set_meta(target: Path, e: Entry) -> None:
+    os.lchown(target, e.uid, e.gid)
+    if e.type != "symlink":
+        os.chmod(target, e.mode)
+    try:
+        os.utime(target, (e.mtime, e.mtime), follow_symlinks=False)
+    except OSError:
+        pass
 
 
 def apply_items(items: list[CopyItem], upper: Path, lower_dirs: list[Path], *,
                 owner: Owner | None = None, keep_owner: bool = False, chmod: int | None = None) -> int:
-    """Write ``items`` into ``upper`` (laid over ``lower_dirs``). Returns the number written.
-
-    ``keep_owner`` keeps the source uid/gid (stage/image sources); otherwise 0:0. ``owner``
-    (from --chown) wins over both; ``chmod`` replaces the mode of files and directories.
-    """
-    lower = StackView(lower_dirs)
-    merged = StackView(list(lower_dirs) + [upper])
-    links: dict[tuple[int, tuple[int, int]], Path] = {}
-    n = 0
-    for it in items:
-        resolved_parent = merged.resolve(posixpath.dirname(it.dest) or "/")
-        name = posixpath.basename(it.dest)
-        if not name:  # copying onto "/" itself: only metadata, nothing to create
-            continue
-        if it.dest_root:
-            existing = merged.lstat(merged.resolve(it.dest))
-            if existing is not None and stat.S_ISDIR(existing.st_mode):
-                continue  # an existing destination keeps its own metadata
-        parent = _ensure_parent(upper, lower, merged, resolved_parent, owner)
-        target = parent / name
-        st = it.st
-        if os.path.lexists(target) and not (st.kind == "dir" and target.is_dir() and not target.is_symlink()):
-            if target.is_dir() and not target.is_symlink():
-                shutil.rmtree(target)
-            else:
-                target.unlink()
-        uid, gid = (st.uid, st.gid) if keep_owner or it.keep_owner else (0, 0)
-        if owner is not None:
-            uid, gid = owner.uid, owner.gid
-        mode = st.mode if chmod is None or it.dest_root else chmod  # --chmod spares the made dest dir
-        if st.kind == "dir":
-            if not target.is_dir():
-                os.mkdir(target)
-        elif st.kind == "file":
-            link_key = (it.group, st.inode)
-            if st.inode is not None and link_key in links and it.data is None:
-                os.link(links[link_key], target)
-                n += 1
-                continue
-            _write_file(target, it)
-            if st.inode is not None:
-                links[link_key] = target
-        elif st.kind == "symlink":
-            os.symlink(st.linkname, target)
-        elif st.kind in ("char", "block"):
-            try:
-                os.mknod(target, (stat.S_IFCHR if st.kind == "char" else stat.S_IFBLK) | 0o600, st.rdev)
-            except PermissionError:
-                continue
-        elif st.kind == "fifo":
-            os.mkfifo(target, 0o600)
-        else:
-            continue
-        os.lchown(target, uid, gid)
-        if st.kind != "symlink":
-            os.chmod(target, mode)
-        try:
-            os.utime(target, (st.mtime, st.mtime), follow_symlinks=False)
-        except OSError:
-            pass
-        n += 1
-    return n
-
-
-def _write_file(target: Path, it: CopyItem) -> None:
-    if it.data is not None:
-        target.write_bytes(it.data)
-        return
-    assert it.fs is not None
-    with it.fs.open(it.src) as src, open(target, "xb") as dst:
-        shutil.copyfileobj(src, dst, 1 << 20)
-
+    """Write ``items`` into the empty directory ``upper`` (laid over ``lower_dirs``), as the
+    layer the same step would produce. Returns the number of entries written."""
+    plan = LayerPlan(StackView(lower_dirs, cached=True), owner=owner, keep_owner=keep_owner, chmod=chmod)
+    plan.add(items)
+    return materialize(plan.entries(), upper)

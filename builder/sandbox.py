@@ -529,8 +529,7 @@ def relink_lower_hardlinks(upper: Path, lower_dirs: Sequence[Path]) -> int:
     hardlinked file; the other names would keep the old content). For every regular file in
     ``upper`` whose lower version had several names, each other name that is still visible and
     still that lower file becomes a hardlink to the new copy. Returns the links made."""
-    from .copy import _ensure_parent  # the copy engine's "copy parents up" rule
-    lower = StackView(lower_dirs)
+    lower = StackView(lower_dirs, cached=True)
     merged = StackView(list(lower_dirs) + [upper])
     by_layer: dict[Path, dict[int, list[str]]] = {}
     made = 0
@@ -557,10 +556,35 @@ def relink_lower_hardlinks(upper: Path, lower_dirs: Sequence[Path]) -> int:
                 cur = merged.host_path("/" + sib, follow_final=False)
                 if cur is None or os.lstat(cur).st_ino != lst.st_ino:
                     continue  # replaced or hidden above: not the same file any more
-                parent = _ensure_parent(upper, lower, merged, os.path.dirname("/" + sib), None)
+                parent = _copy_up_parents(upper, lower, os.path.dirname("/" + sib))
                 os.link(full, parent / os.path.basename(sib))
                 made += 1
     return made
+
+
+def _copy_up_parents(upper: Path, lower: StackView, parent: str) -> Path:
+    """Make the (resolved) image dir ``parent`` exist in ``upper``, each level copied up with
+    its lower metadata as overlayfs would; returns it."""
+    cur = upper
+    img = ""
+    for part in [p for p in parent.split("/") if p]:
+        img += "/" + part
+        cur = cur / part
+        try:
+            if stat.S_ISDIR(os.lstat(cur).st_mode):
+                continue
+            cur.unlink()  # a non-directory in upper where a directory is needed
+        except FileNotFoundError:
+            pass
+        low = lower.lstat(img)
+        os.mkdir(cur)
+        if low is not None and stat.S_ISDIR(low.st_mode):
+            os.chmod(cur, stat.S_IMODE(low.st_mode))
+            os.lchown(cur, low.st_uid, low.st_gid)
+            os.utime(cur, ns=(low.st_atime_ns, low.st_mtime_ns))
+        else:
+            os.chmod(cur, 0o755)
+    return cur
 
 
 def _multi_link_files(layer: Path) -> dict[int, list[str]]:

@@ -35,7 +35,7 @@ from .content import ContentStore
 __all__ = [
     "Entry", "WHITEOUT_PREFIX", "OPAQUE_WHITEOUT", "entries_from_dir", "entries_from_tar", "entries_from_upper",
     "write_tar", "LayerResult", "write_layer", "open_decompressed", "extract_layer",
-    "secure_join", "normalize_name", "ExtractStats", "extract_verified",
+    "secure_join", "normalize_name", "ExtractStats", "extract_verified", "order_hardlinks",
 ]
 
 WHITEOUT_PREFIX = ".wh."
@@ -87,7 +87,7 @@ def _sort_key(path: str) -> tuple[str, ...]:
     return tuple(path.split("/"))
 
 
-def _link_groups_fixed(entries: list[Entry]) -> list[Entry]:
+def order_hardlinks(entries: list[Entry]) -> list[Entry]:
     """Reorder hardlink groups so that the first member in sorted order carries the content."""
     by_path = {e.path: e for e in entries}
     groups: dict[str, list[str]] = {}
@@ -270,7 +270,7 @@ def entries_from_tar(tf: tarfile.TarFile) -> list[Entry]:
                               linkname=linkname, devmajor=m.devmajor, devminor=m.devminor,
                               xattrs=_member_xattrs(m), open=opener)
     entries = sorted(by_path.values(), key=lambda e: _sort_key(e.path))
-    return _link_groups_fixed(entries)
+    return order_hardlinks(entries)
 
 
 def _tarinfo(e: Entry, clamp_mtime: int | None) -> tarfile.TarInfo:
@@ -297,41 +297,107 @@ def _tarinfo(e: Entry, clamp_mtime: int | None) -> tarfile.TarInfo:
     return ti
 
 
-class _ExactReader(io.RawIOBase):
-    """Reads exactly ``size`` bytes from ``f``; raises if the file changed size underneath."""
+_TYPEFLAG = {"file": b"0", "hardlink": b"1", "symlink": b"2", "char": b"3", "block": b"4", "dir": b"5",
+             "fifo": b"6"}
+_BLOCK = 512
+_RECORD = 20 * _BLOCK
+_ZEROS = bytes(_RECORD)
 
-    def __init__(self, f: BinaryIO, size: int, name: str) -> None:
-        self._f, self._left, self._name = f, size, name
 
-    def readable(self) -> bool:
-        return True
+def _octal(n: int, width: int) -> bytes | None:
+    """``n`` as a NUL-terminated octal field of ``width`` bytes; None when it does not fit."""
+    if not 0 <= n < 8 ** (width - 1):
+        return None
+    return b"%0*o\0" % (width - 1, n)
 
-    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
-        if self._left <= 0:
-            return 0
-        mv = memoryview(b)[: min(len(b), self._left)]
-        n = self._f.readinto(mv)  # type: ignore[attr-defined]
-        if not n:
-            raise InvalidArchive(f"{self._name} shrank while it was being archived")
-        self._left -= n
-        return n
+
+def _ustar_header(e: Entry, mtime: int) -> bytes | None:
+    """The one-block header tarfile writes in PAX format for an entry that needs no PAX
+    record (ASCII names of at most 100 bytes, no xattrs, numbers that fit); else None.
+
+    Byte-for-byte what CPython 3.11's ``TarInfo.tobuf(PAX_FORMAT)`` gives for the same entry
+    (tests/test_layers.py checks it), but without building a TarInfo per entry."""
+    if e.xattrs:
+        return None
+    name = e.path + "/" if e.type == "dir" else e.path
+    if len(name) > 100 or len(e.linkname) > 100 or not name.isascii() or not e.linkname.isascii():
+        return None
+    size = e.size if e.type == "file" else 0
+    fields = (_octal(e.mode & 0o7777, 8), _octal(e.uid, 8), _octal(e.gid, 8), _octal(size, 12), _octal(mtime, 12))
+    if None in fields:
+        return None
+    if e.type in ("char", "block"):
+        dev = (_octal(e.devmajor, 8), _octal(e.devminor, 8))
+        if None in dev:
+            return None
+        devs = dev[0] + dev[1]  # type: ignore[operator]
+    else:
+        devs = bytes(16)
+    ename = name.encode("ascii")
+    elink = e.linkname.encode("ascii")
+    buf = bytearray(b"".join((
+        ename, bytes(100 - len(ename)), *fields,  # type: ignore[arg-type]
+        b"        ", _TYPEFLAG[e.type], elink, bytes(100 - len(elink)),
+        b"ustar\x0000", bytes(64), devs, bytes(155 + 12))))
+    buf[148:156] = b"%06o\0 " % sum(buf)
+    return bytes(buf)
+
+
+class _Buffered:
+    """Collects small writes into ~1 MiB chunks for ``out`` (fewer hash/compress calls)."""
+
+    def __init__(self, out: BinaryIO, size: int = 1 << 20) -> None:
+        self.out, self.size, self.buf, self.offset = out, size, bytearray(), 0
+
+    def write(self, b: bytes | bytearray | memoryview) -> None:
+        self.buf += b
+        self.offset += len(b)
+        if len(self.buf) >= self.size:
+            self.out.write(bytes(self.buf))
+            self.buf.clear()
+
+    def flush(self) -> None:
+        if self.buf:
+            self.out.write(bytes(self.buf))
+            self.buf.clear()
 
 
 def write_tar(entries: Iterable[Entry], out: BinaryIO, clamp_mtime: int | None = None) -> int:
-    """Write ``entries`` (already sorted) as a PAX tar to ``out``; returns the entry count."""
+    """Write ``entries`` (already sorted) as a PAX tar to ``out``; returns the entry count.
+
+    The bytes are those of tarfile's PAX writer (``w|`` mode). Raises InvalidArchive when a
+    file entry has no content or its source shrank while being read."""
+    w = _Buffered(out)
     n = 0
-    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT, encoding="utf-8",
-                      errors="surrogateescape") as tf:
-        for e in entries:
-            ti = _tarinfo(e, clamp_mtime)
-            if e.type == "file":
-                if e.open is None:
-                    raise InvalidArchive(f"entry {e.path!r} has no content")
-                with e.open() as src:
-                    tf.addfile(ti, _ExactReader(src, e.size, e.path))  # type: ignore[arg-type]
-            else:
-                tf.addfile(ti)
-            n += 1
+    for e in entries:
+        mtime = e.mtime
+        if clamp_mtime is not None and mtime > clamp_mtime:
+            mtime = clamp_mtime
+        mtime = max(0, mtime)
+        header = _ustar_header(e, mtime)
+        if header is None:
+            header = _tarinfo(e, clamp_mtime).tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+        w.write(header)
+        if e.type == "file":
+            if e.open is None:
+                raise InvalidArchive(f"entry {e.path!r} has no content")
+            left = e.size
+            with e.open() as src:
+                while left > 0:
+                    chunk = src.read(min(left, _CHUNK))
+                    if not chunk:
+                        raise InvalidArchive(f"{e.path} shrank while it was being archived")
+                    w.write(chunk)
+                    left -= len(chunk)
+            pad = -e.size % _BLOCK
+            if pad:
+                w.write(_ZEROS[:pad])
+        n += 1
+    w.write(_ZEROS[:2 * _BLOCK])
+    pad = -w.offset % _RECORD
+    if pad:
+        w.write(_ZEROS[:pad])
+    w.flush()
     return n
 
 

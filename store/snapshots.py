@@ -131,11 +131,17 @@ class StackView:
     Paths are absolute image paths (``/etc/passwd``). Symlinks are resolved inside the image.
     """
 
-    def __init__(self, dirs: Sequence[Path]) -> None:
+    def __init__(self, dirs: Sequence[Path], *, cached: bool = False) -> None:
+        """``cached=True`` memoises each directory's merged entries: only for stacks of
+        committed (immutable) snapshots, never for a stack that includes a live upper dir."""
         self.top_first = list(reversed(dirs))
+        self._children: dict[tuple[str, ...], dict[str, tuple[Path, os.stat_result] | None]] | None = \
+            {} if cached else None
 
     def _lookup(self, parts: list[str]) -> tuple[Path, os.stat_result] | None:
         """The topmost real entry for a path whose parents contain no symlinks."""
+        if self._children is not None and parts:
+            return self.children_of(tuple(parts[:-1])).get(parts[-1])
         for d in self.top_first:
             # Is some parent hidden in this layer (whiteout, non-dir, or opaque below which we stop)?
             cur = d
@@ -164,6 +170,44 @@ class StackView:
                 # The path's parent in this layer is opaque (or an ancestor): lower layers are hidden.
                 return None
         return None
+
+    def children_of(self, parts: tuple[str, ...]) -> dict[str, tuple[Path, os.stat_result] | None]:
+        """The merged entries of the directory ``parts`` (no symlinks in it): name -> (backing
+        file, lstat), or None for a name a whiteout hides. Memoised when the view is cached."""
+        memo = self._children
+        if memo is not None:
+            hit = memo.get(parts)
+            if hit is not None:
+                return hit
+        out: dict[str, tuple[Path, os.stat_result] | None] = {}
+        for d in self.top_first:
+            cur, stop, present = d, False, True
+            for part in parts:
+                cur = cur / part
+                try:
+                    st = os.lstat(cur)
+                except (FileNotFoundError, NotADirectoryError):
+                    present = False
+                    break
+                if not stat.S_ISDIR(st.st_mode):
+                    stop, present = True, False  # a file or whiteout here hides the lower layers
+                    break
+                if is_opaque(cur):
+                    stop = True
+            if present:
+                try:
+                    with os.scandir(cur) as it:
+                        for e in it:
+                            if e.name not in out:
+                                est = e.stat(follow_symlinks=False)
+                                out[e.name] = None if is_whiteout(est) else (Path(e.path), est)
+                except (FileNotFoundError, NotADirectoryError):
+                    pass
+            if stop:
+                break
+        if memo is not None:
+            memo[parts] = out
+        return out
 
     def lstat(self, path: str) -> os.stat_result | None:
         """lstat of an image path without following a final symlink (None when absent)."""

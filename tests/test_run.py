@@ -49,17 +49,36 @@ def _pybuild_cgroups() -> set[str]:
 
 
 _BEFORE = _pybuild_cgroups()
+_TEST_START = [0.0]
+
+
+@pytest.fixture(autouse=True)
+def _test_start() -> None:
+    _TEST_START[0] = time.time() - 1
 
 
 def leftover_cgroups() -> list[str]:
-    """pybuild cgroups that still exist (other pybuild processes on the machine may hold
-    cgroups for a moment, so give those time to go)."""
+    """Empty pybuild cgroups this test's builds left: made since the test started, by a
+    pybuild process that has exited. (Other pybuild processes on the machine may hold cgroups
+    of their own, and builds killed by other tests leave theirs until the next sweep.)"""
+    from pybuild.builder.cgroups import owner_alive
+
+    def left() -> list[str]:
+        out = []
+        for c in _pybuild_cgroups() - _BEFORE:
+            try:
+                made = os.stat(c).st_mtime
+            except OSError:
+                continue
+            if made >= _TEST_START[0] and not owner_alive(os.path.basename(c)):
+                out.append(c)
+        return sorted(out)
     for _ in range(100):
-        left = _pybuild_cgroups() - _BEFORE
-        if not left:
+        found = left()
+        if not found:
             return []
         time.sleep(0.05)
-    return sorted(left)
+    return found
 
 
 def overlay_mounts(root: Path) -> int:
@@ -258,3 +277,23 @@ def _maybe_gunzip(data: bytes) -> bytes:
         return gzip.decompress(data)
     except OSError:
         return data
+
+
+def test_sweep_removes_cgroups_of_dead_builds_only() -> None:
+    """A killed build's empty cgroup goes at the next start; a live build's (made, not yet
+    joined) stays, whatever its age."""
+    from pybuild.builder.cgroups import _ROOT, _own_path, sweep_stale
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    base = _ROOT / "pids" / _own_path("pids")
+    gone, live = base / f"pybuild-{dead.pid}-deadbeef", base / f"pybuild-{os.getpid()}-5eed5eed"
+    gone.mkdir()
+    live.mkdir()
+    try:
+        sweep_stale()
+        assert not gone.exists()
+        assert live.exists()
+    finally:
+        for d in (gone, live):
+            if d.exists():
+                d.rmdir()
