@@ -42,6 +42,7 @@ from .copy import (CopyItem, ImageFS, LayerPlan, SourceFS, SrcStat, apply_items,
                    resolve_owner)
 from .context_fs import DirFS
 from .expand import ExpansionError, env_pairs_expand, expand_heredoc, expand_word, expand_words
+from .explain import Explainer
 
 __all__ = ["BuildOptions", "BuildResult", "build", "ImageResolver", "StoreResolver", "Progress"]
 
@@ -199,6 +200,7 @@ class BuildOptions:
     cache_from: tuple[Any, ...] = ()   # registry caches (pybuild.registry.cache.RemoteCache)
     security: SecurityOpts = field(default_factory=SecurityOpts)
     storage_driver: str = "auto"       # overlay | vfs | auto (overlay when it can be mounted)
+    explain_cache: bool = False        # say why each step missed the cache (builder/explain.py)
 
 
 @dataclass(frozen=True)
@@ -247,6 +249,7 @@ class _Builder:
         self.platform = opts.platform
         self.escape = "\\"
         self._driver: str | None = None
+        self.explain = Explainer(store.metadata_dir, opts, progress)
 
     # -- helpers ---------------------------------------------------------------------------------
     def err(self, instr: df.Instruction, message: str, hint: str | None = None) -> DockerfileError:
@@ -300,6 +303,7 @@ class _Builder:
         if not tags:
             self.store.tags.add_untagged(desc)
         self.store.cache.link(desc.digest, self.keys, self.chains)
+        self.explain.save(tags, desc.digest)
         image_id = self.store.load(desc).id
         return BuildResult(desc, image_id, tags, self.cached, self.total, tuple(self.keys))
 
@@ -376,6 +380,7 @@ class _Builder:
         fr = stage.from_
         self.progress.start(f"{label} STEP 1/{total}:", fr.logical)
         t0 = time.monotonic()
+        self.explain.begin(stage, f"{label} STEP 1/{total}", "STEP 1", fr, "")
         state = self.from_state(dockerfile, stage, states, global_args)
         self.progress.finish(f"{label} STEP 1/{total}", fr.logical, f"DONE {time.monotonic() - t0:.2f}s")
         triggers = list(state.config.config.OnBuild)
@@ -390,10 +395,12 @@ class _Builder:
                     raise BuildError(f"{self.file}:{fr.line}: ONBUILD trigger {raw!r} of the base image is invalid: "
                                      f"{e.reason}") from None
                 self.progress.line(f"{label} ONBUILD {ins.logical}")
+                self.explain.begin(stage, f"{label} ONBUILD {ins.logical}", "ONBUILD trigger", ins, state.key)
                 self.guarded_step(dockerfile, stage, ins, state, states)
         for k, ins in enumerate(stage.instructions, 2):
             self.progress.start(f"{label} STEP {k}/{total}:", ins.logical)
             t0 = time.monotonic()
+            self.explain.begin(stage, f"{label} STEP {k}/{total}", f"STEP {k}", ins, state.key)
             cached = self.guarded_step(dockerfile, stage, ins, state, states)
             self.total += 1
             if cached:
@@ -449,6 +456,7 @@ class _Builder:
             cc = state.config.config
             state.config = dataclasses.replace(state.config, config=dataclasses.replace(
                 cc, Env=cc.Env + (f"PATH={DEFAULT_PATH}",)))
+        self.explain.keyed(state.key, f"FROM {image}", base=state.base_desc, platform=str(host))
         self.global_args = global_args
         return state
 
@@ -468,8 +476,10 @@ class _Builder:
         """Advance the key for a metadata step; returns True when it was seen before (CACHED)."""
         state.key = _h(state.key, canonical)
         self.keys.append(state.key)
+        self.explain.keyed(state.key, canonical)
         hit = self.cache_get(state.key) is not None
         if not hit:
+            self.explain.missed()
             self.store.cache.put(state.key, CacheRecord())
         if history:
             state.config = state.config.with_history(History(created=self.created, created_by=canonical,
@@ -571,6 +581,7 @@ class _Builder:
                 value = None
             state.args[name] = value
             parts.append(f"{name}={value}" if value is not None else name)
+        self.explain.add(args={name: state.args.get(name) for name, _ in ins.pairs})
         return self.record_meta(state, ins, "ARG " + " ".join(parts))
 
     def normalise_ports(self, ins: df.Instruction, word: str) -> list[str]:
@@ -664,6 +675,12 @@ class _Builder:
         return None
 
     def from_cache(self, state: _State, canonical: str) -> bool:
+        hit = self._from_cache(state, canonical)
+        if not hit:
+            self.explain.missed()
+        return hit
+
+    def _from_cache(self, state: _State, canonical: str) -> bool:
         if self.opts.no_cache:
             return False
         rec = self.cache_get(state.key)
@@ -691,6 +708,7 @@ class _Builder:
         canonical = f"WORKDIR {new}"
         state.key = _h(state.key, canonical)
         self.keys.append(state.key)
+        self.explain.keyed(state.key, canonical)
         if new == "/":
             return self.record_meta_keyed(state, canonical)
         if self.from_cache(state, canonical):
@@ -751,6 +769,8 @@ class _Builder:
         state.key = _h(state.key, canonical, json.dumps(sorted(arg_env.items())), network,
                        *[hashlib.sha256(b).hexdigest() for b in files.values()], *mount_keys)
         self.keys.append(state.key)
+        self.explain.keyed(state.key, canonical, args=arg_env, network=network, mounts=mount_keys,
+                           heredocs={h.name: hashlib.sha256(h.content.encode()).hexdigest() for h in ins.heredocs})
         if self.from_cache(state, canonical):
             return True
         lower = self.lower_dirs(state)
@@ -902,6 +922,7 @@ class _Builder:
     def record_meta_keyed(self, state: _State, canonical: str) -> bool:
         hit = self.cache_get(state.key) is not None
         if not hit:
+            self.explain.missed()
             self.store.cache.put(state.key, CacheRecord())
         state.config = state.config.with_history(History(created=self.created, created_by=canonical,
                                                          comment=HISTORY_COMMENT, empty_layer=True))
@@ -986,6 +1007,10 @@ class _Builder:
         state.key = _h(state.key, canonical, input_digest, *[hashlib.sha256(b).hexdigest() for _, b in heredocs],
                        *[d.sha256 for _, d in downloads])
         self.keys.append(state.key)
+        self.explain.keyed(state.key, canonical, tree=None if from_ else (input_digest, matched_paths),
+                           source=input_digest if from_ else None, **{"from": from_ and ref},
+                           heredocs={n: hashlib.sha256(b).hexdigest() for n, b in heredocs},
+                           downloads={u: d.sha256 for u, d in downloads})
         tmpdirs: list[str] = [str(d.path.parent) for _, d in downloads]
         if self.from_cache(state, canonical):
             for t in tmpdirs:

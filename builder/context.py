@@ -1580,8 +1580,19 @@ class BuildContext:
         size of directories. A top-level path that is a symlink also brings in what it points to.
         Raises NotFound when a path is missing or excluded, UserError like :meth:`open`.
         """
-        records = self._tree_records(paths)
         h = hashlib.sha256(_TREE_DIGEST_HEADER)
+        for fields in self.tree_entries(paths):
+            line = json.dumps(list(fields), ensure_ascii=True, separators=(",", ":"))
+            h.update(line.encode("ascii") + b"\n")
+        return "sha256:" + h.hexdigest()
+
+    def tree_entries(self, paths: Iterable[str]) -> Iterator[tuple[str, str, str, int, int, str]]:
+        """What :meth:`tree_digest` hashes, entry by entry in sorted path order: ``(path, type,
+        mode as 4 octal digits, uid, gid, payload)``; the payload is a file's ``sha256:`` content
+        digest, a symlink's target, a device's ``major,minor``, else empty. File digests are
+        memoised, so after :meth:`tree_digest` over the same paths no file is read again.
+        """
+        records = self._tree_records(paths)
         for path in sorted(records):
             e = records[path]
             if e.type is EntryType.FILE:
@@ -1592,10 +1603,7 @@ class BuildContext:
                 payload = f"{os.major(e.rdev)},{os.minor(e.rdev)}"
             else:
                 payload = ""
-            line = json.dumps([path, e.type.value, f"{e.mode:04o}", e.uid, e.gid, payload],
-                              ensure_ascii=True, separators=(",", ":"))
-            h.update(line.encode("ascii") + b"\n")
-        return "sha256:" + h.hexdigest()
+            yield (path, e.type.value, f"{e.mode:04o}", e.uid, e.gid, payload)
 
     # -- COPY sources ------------------------------------------------------------------------
     def match_sources(self, pattern: str) -> list[str]:

@@ -308,6 +308,8 @@ def _parse_output(spec: str) -> dict[str, str]:
 @click.option("--build-arg", "build_args", multiple=True, metavar="K[=V]", help="Build-time variable; repeatable.")
 @click.option("--target", metavar="STAGE", help="Build up to this stage.")
 @click.option("--no-cache", is_flag=True, help="Do not use the build cache.")
+@click.option("--explain-cache", is_flag=True,
+              help="For each step that misses the cache, say which input changed since the last build of the tag.")
 @click.option("--label", "labels", multiple=True, metavar="K=V", help="Image label; repeatable.")
 @click.option("--iidfile", metavar="FILE", help="Write the image id here.")
 @click.option("--progress", type=click.Choice(["auto", "plain", "quiet"]), default="auto", show_default=True)
@@ -341,7 +343,7 @@ def build_cmd(c: Ctx, context: str, tags: tuple[str, ...], file: str | None, bui
               memory: str | None, pids_limit: int | None, cpus: float | None,
               secrets: tuple[str, ...], security_opt: tuple[str, ...], cap_add: tuple[str, ...],
               cap_drop: tuple[str, ...], storage_driver: str, push_: bool, cache_from: tuple[str, ...],
-              cache_to: str | None) -> None:
+              cache_to: str | None, explain_cache: bool = False) -> None:
     """Build an image from a Dockerfile and a context (a directory, a tar, or - for a Dockerfile on stdin)."""
     from pybuild.builder.build import BuildOptions, Progress, build
     from pybuild.builder.context import open_build_context
@@ -375,7 +377,7 @@ def build_cmd(c: Ctx, context: str, tags: tuple[str, ...], file: str | None, bui
                             network=network, limits=_limits(memory, pids_limit, cpus),
                             secrets=_secrets(secrets), cache_from=tuple(remotes),
                             security=parse_security_opt(security_opt, cap_add, cap_drop),
-                            storage_driver=storage_driver)
+                            storage_driver=storage_driver, explain_cache=explain_cache)
         prog = Progress(mode, out=lambda line: click.echo(line, err=False), stream=sys.stdout)
         result = build(store, opts, progress=prog)
     for o in outs:
