@@ -767,7 +767,8 @@ class _Builder:
         mounts = [parse_mount(self.expand(ins, m, self.env_of(state))) for m in ins.mounts]
         mount_keys = [self.mount_key(ins, m, state) for m in mounts]
         state.key = _h(state.key, canonical, json.dumps(sorted(arg_env.items())), network,
-                       *[hashlib.sha256(b).hexdigest() for b in files.values()], *mount_keys)
+                       *[hashlib.sha256(b).hexdigest() for b in files.values()], *mount_keys,
+                       *[hashlib.sha256(h.content.encode()).hexdigest() for h in ins.heredocs])
         self.keys.append(state.key)
         self.explain.keyed(state.key, canonical, args=arg_env, network=network, mounts=mount_keys,
                            heredocs={h.name: hashlib.sha256(h.content.encode()).hexdigest() for h in ins.heredocs})

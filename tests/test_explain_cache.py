@@ -256,3 +256,17 @@ def test_a_tree_above_the_cap_keeps_no_file_list(pb_busybox: PB, tmp_path: Path,
     lines: list[str] = []
     _lib_build(store, ctx, Progress("plain", out=lines.append))
     assert "[stage 1/1] STEP 2/2: cache miss: files changed (more than 2 files: no per-file list is kept)" in lines
+
+
+def test_changed_run_heredoc_is_a_miss_and_is_explained(pb_busybox: PB, tmp_path: Path) -> None:
+    """A RUN heredoc's body is part of the step's key (it once was not: the old result was
+    reused), and the miss names the heredoc."""
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text("FROM busybox\nRUN <<EOF\necho one > /o\nEOF\n")
+    build_out(pb_busybox, ctx)
+    (ctx / "Dockerfile").write_text("FROM busybox\nRUN <<EOF\necho two > /o\nEOF\n")
+    out = build_out(pb_busybox, ctx)
+    assert misses(out) == {2: "heredoc changed: EOF"}, out
+    r = pb_busybox.run("run", "app", "cat", "/o")
+    assert r.out.strip() == "two", r.out + r.err
