@@ -36,8 +36,6 @@ from .remote import download, is_url
 from .cgroups import Limits, sweep_stale
 from .mounts import RunMount, parse_mount
 from .security import SecurityOpts
-from .vfs import diff_into_upper, materialize, overlay_available
-from .sandbox import SandboxSpec, cleanup_upper, relink_lower_hardlinks, run_sandboxed
 from .copy import (CopyItem, ImageFS, LayerPlan, SourceFS, SrcStat, apply_items, parse_chmod, plan_sources,
                    resolve_owner)
 from .context_fs import DirFS
@@ -75,7 +73,7 @@ class PullingResolver:
             if self.progress:
                 self.progress.line(f"pulling {name}")
             try:
-                _, desc = pull(self.store, name, platform)
+                _, desc = pull(self.store, name, platform, getattr(self.progress, "transfer", None))
             except PybuildError as e:
                 raise NotFound(f"{local.message}, and pulling it failed: {e.message}", hint=e.hint) from None
             return self.store.load(desc, platform)
@@ -774,6 +772,8 @@ class _Builder:
                            heredocs={h.name: hashlib.sha256(h.content.encode()).hexdigest() for h in ins.heredocs})
         if self.from_cache(state, canonical):
             return True
+        from .sandbox import SandboxSpec, cleanup_upper, relink_lower_hardlinks, run_sandboxed
+        from .vfs import diff_into_upper, materialize
         lower = self.lower_dirs(state)
         snaps = self.store.snapshots
         upper, work = snaps.prepare(), snaps.prepare()
@@ -836,6 +836,7 @@ class _Builder:
         if self._driver is None:
             want = self.opts.storage_driver
             if want == "auto":
+                from .vfs import overlay_available
                 probe = self.store.snapshots.prepare()
                 try:
                     want = "overlay" if overlay_available(probe) else "vfs"

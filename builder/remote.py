@@ -6,7 +6,6 @@ with ``/``), mode 0600, mtime from ``Last-Modified`` when the server sends one. 
 """
 from __future__ import annotations
 
-import email.utils
 import hashlib
 import os
 import posixpath
@@ -67,6 +66,7 @@ def download(url: str, tmpdir: str, checksum: str | None = None, timeout: float 
     mtime = 0.0
     if lm:
         try:
+            import email.utils  # only when a download happens (slow to import)
             mtime = email.utils.parsedate_to_datetime(lm).timestamp()
         except (TypeError, ValueError):
             pass
