@@ -34,6 +34,9 @@ class Ctx:
 
 pass_ctx = click.make_pass_decorator(Ctx)
 
+_TRANSFER_PROGRESS_HELP = ("Progress on stderr: auto = live bars on a terminal, else plain; plain = a line "
+                           "per blob started and finished; quiet = none.")
+
 
 def _human_size(n: float) -> str:
     for unit in ("B", "kB", "MB", "GB", "TB"):
@@ -58,7 +61,17 @@ def _human_age(created: str) -> str:
     return "Less than a minute ago"
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog="""\b
+Quick start:
+  pybuild import rootfs.tar busybox      # or: pybuild pull busybox
+  pybuild -t app .                       # same as: pybuild build -t app .
+  pybuild run app
+  pybuild push app localhost:5000/app:1
+\b
+Exit codes: 0 success; 1 error (build failure, bad input, registry or store error: an
+`error:` line says what, a `hint:` line what to do); 2 usage error; 130 interrupted;
+`run` exits with the command's code. --debug adds the Python traceback.
+See 'pybuild COMMAND --help' for a command's options.""")
 @click.option("--root", envvar=None, metavar="DIR",
               help="Store root (default: $PYBUILD_ROOT, /var/lib/pybuild for root, else $XDG_DATA_HOME/pybuild).")
 @click.option("--debug", is_flag=True, help="Show Python tracebacks on errors.")
@@ -66,18 +79,22 @@ def _human_age(created: str) -> str:
 @click.pass_context
 def cli(ctx: click.Context, root: str | None, debug: bool) -> None:
     """pybuild: build OCI images from Dockerfiles, keep them in a content-addressed store,
-    push and pull them, without a daemon."""
+    push and pull them, without a daemon. The command line follows docker's."""
     ctx.obj = Ctx(root, debug)
 
 
-@cli.command("import")
+@cli.command("import", short_help="Import a rootfs tarball as a one-layer image.")
 @click.argument("rootfs", type=click.Path(dir_okay=True, path_type=str))
 @click.argument("name")
 @click.option("--compression", type=click.Choice(["gzip", "zstd"]), default="gzip", show_default=True,
               help="Layer compression.")
 @pass_ctx
 def import_cmd(c: Ctx, rootfs: str, name: str, compression: str) -> None:
-    """Import a root file system tarball as a one-layer image NAME[:TAG]."""
+    """Import a root file system tarball ROOTFS as a one-layer image NAME[:TAG].
+
+    The layer is rewritten deterministically (sorted entries, numeric owners), and the image's
+    created time is $SOURCE_DATE_EPOCH or 1970-01-01: the same tarball gives the same image id
+    on every machine. Prints the image id."""
     from pybuild.store.importer import import_rootfs
     store = c.store()
     tag, desc = import_rootfs(store, rootfs, name, compression)
@@ -85,13 +102,22 @@ def import_cmd(c: Ctx, rootfs: str, name: str, compression: str) -> None:
     click.echo(str(img.id))
 
 
-@cli.command("images")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-@click.option("-q", "--quiet", is_flag=True, help="Only image ids.")
+@cli.command("images", short_help="List images.")
+@click.argument("repository", required=False, metavar="[REPOSITORY[:TAG]]")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
+              help="table for people; json: an array of {Repository, Tag, ID, Digest, Created, Size} for scripts.")
+@click.option("-q", "--quiet", is_flag=True, help="Only image ids (each once).")
+@click.option("--digests", is_flag=True, help="Add a DIGEST column (the manifest digest).")
+@click.option("--no-trunc", is_flag=True, help="Show full image ids.")
 @pass_ctx
-def images_cmd(c: Ctx, fmt: str, quiet: bool) -> None:
-    """List images in the store."""
+def images_cmd(c: Ctx, repository: str | None, fmt: str, quiet: bool, digests: bool, no_trunc: bool) -> None:
+    """List images: repository, tag, image id (the config digest), age and size.
+
+    SIZE is what the store holds for the image: its config and compressed layers. With
+    REPOSITORY (e.g. busybox) only that repository's tags are listed; with REPOSITORY:TAG only
+    that tag."""
     store = c.store()
+    want = _image_filter(repository) if repository else None
     rows = []
     if store.exists():
         for e in store.entries():
@@ -99,29 +125,85 @@ def images_cmd(c: Ctx, fmt: str, quiet: bool) -> None:
             repo, tag = "<none>", "<none>"
             if e.name:
                 repo, _, tag = e.name.rpartition(":") if ":" in e.name.rsplit("/", 1)[-1] else (e.name, "", "<none>")
+            if want is not None and not want(repo, tag):
+                continue
             rows.append({"Repository": repo, "Tag": tag, "ID": str(img.id), "Digest": str(e.descriptor.digest),
                          "Created": img.config.created, "Size": img.size})
     if quiet:
         for r in dict.fromkeys(r["ID"] for r in rows):
-            click.echo(r.split(":", 1)[1][:12])
+            click.echo(r if no_trunc else r.split(":", 1)[1][:12])
         return
     if fmt == "json":
         click.echo(json.dumps(rows, indent=2))
         return
-    table = [("REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE")]
+    head = ["REPOSITORY", "TAG"] + (["DIGEST"] if digests else []) + ["IMAGE ID", "CREATED", "SIZE"]
+    table = [head]
     for r in rows:
-        table.append((r["Repository"], r["Tag"], r["ID"].split(":", 1)[1][:12], _human_age(r["Created"]),
-                      _human_size(r["Size"])))
-    widths = [max(len(row[i]) for row in table) for i in range(5)]
+        table.append([r["Repository"], r["Tag"]] + ([r["Digest"]] if digests else [])
+                     + [r["ID"] if no_trunc else r["ID"].split(":", 1)[1][:12], _human_age(r["Created"]),
+                        _human_size(r["Size"])])
+    _print_table(table)
+
+
+def _image_filter(text: str) -> "Any":
+    """``busybox`` → every tag of busybox; ``busybox:1`` → that tag (names as docker shows them)."""
+    from pybuild.reference import parse_reference
+    ref = parse_reference(text)
+    has_tag = ":" in text.rsplit("/", 1)[-1]
+    repo = ref.familiar_repository
+    return lambda r, t: r == repo and (not has_tag or t == ref.tag)
+
+
+def _print_table(table: list[list[str]]) -> None:
+    """Columns padded to their widest cell, three spaces apart (as docker prints them)."""
+    n = len(table[0])
+    widths = [max(len(row[i]) for row in table) for i in range(n)]
     for row in table:
         click.echo("   ".join(v.ljust(widths[i]) for i, v in enumerate(row)).rstrip())
 
 
-@cli.command("inspect")
+def _get_path(obj: "Any", path: str) -> "Any":
+    for part in [p for p in path.split(".") if p]:
+        if isinstance(obj, dict) and part in obj:
+            obj = obj[part]
+        else:
+            from pybuild.errors import UsageError
+            raise UsageError(f"--format: no field {path!r}", hint="fields are the keys of the JSON output, "
+                             "e.g. {{.Id}}, {{.Config.Env}}, {{json .RootFS}}")
+    return obj
+
+
+def _render_template(template: str, obj: "Any") -> str:
+    """The part of Go templates that scripts use with docker inspect: ``{{.A.B}}`` and
+    ``{{json .A}}``; lists print as ``[a b]``, maps and null as JSON."""
+    import re
+
+    def field(m: "re.Match[str]") -> str:
+        value = _get_path(obj, m.group(2))
+        if m.group(1) or isinstance(value, dict) or value is None:
+            return json.dumps(value)
+        if isinstance(value, list):
+            return "[" + " ".join(str(v) for v in value) + "]"
+        return str(value)
+    out = re.sub(r"\{\{\s*(json\s+)?\.([A-Za-z0-9_.]*)\s*\}\}", field, template)
+    if "{{" in out:
+        from pybuild.errors import UsageError
+        raise UsageError(f"--format: unsupported template {template!r}",
+                         hint="use json, or {{.Field.Sub}} and {{json .Field}}")
+    return out
+
+
+@cli.command("inspect", short_help="Show images as JSON, like docker inspect.")
 @click.argument("images", nargs=-1, required=True)
+@click.option("-f", "--format", "fmt", default="json", show_default=True, metavar="json|TEMPLATE",
+              help="json, or a template such as '{{.Id}}' or '{{json .Config.Env}}' printed once per image.")
 @pass_ctx
-def inspect_cmd(c: Ctx, images: tuple[str, ...]) -> None:
-    """Show images as JSON (docker-style fields plus the manifest)."""
+def inspect_cmd(c: Ctx, images: tuple[str, ...], fmt: str) -> None:
+    """Show images as a JSON array, in docker's layout.
+
+    Each entry has Id (the config digest), RepoTags, RepoDigests, Parent, Comment, Created,
+    Author, Architecture, Variant, Os, Config, Size, RootFS and Metadata like docker inspect,
+    plus Digest and MediaType (the manifest), History and Manifest."""
     store = c.store()
     store.check_exists()
     out = []
@@ -129,59 +211,85 @@ def inspect_cmd(c: Ctx, images: tuple[str, ...]) -> None:
         tags, desc = store.resolve(name)
         img = store.load(desc)
         cfg = json.loads(img.config_bytes)
+        repos = dict.fromkeys(t.rsplit(":", 1)[0] if ":" in t.rsplit("/", 1)[-1] else t for t in tags)
+        history = cfg.get("history") or []
         out.append({
-            "Id": str(img.id), "RepoTags": tags, "Digest": str(img.descriptor.digest),
-            "MediaType": img.descriptor.media_type, "Created": img.config.created,
-            "Author": img.config.author, "Architecture": img.config.architecture,
-            "Variant": img.config.variant or None, "Os": img.config.os,
-            "Config": cfg.get("config") or {}, "Size": img.size,
+            "Id": str(img.id), "RepoTags": tags,
+            "RepoDigests": [f"{r}@{img.descriptor.digest}" for r in repos],
+            "Parent": "", "Comment": cfg.get("comment") or (history[-1].get("comment", "") if history else ""),
+            "Created": img.config.created, "DockerVersion": "",
+            "Author": img.config.author, "Config": cfg.get("config") or {},
+            "Architecture": img.config.architecture, "Variant": img.config.variant or None,
+            "Os": img.config.os, "Size": img.size,
             "RootFS": {"Type": "layers", "Layers": [str(d) for d in img.config.diff_ids]},
-            "History": cfg.get("history") or [],
+            "Metadata": {"LastTagTime": ""},
+            "Digest": str(img.descriptor.digest), "MediaType": img.descriptor.media_type,
+            "History": history,
             "Manifest": json.loads(img.manifest_bytes),
         })
-    click.echo(json.dumps(out, indent=4))
+    if fmt == "json":
+        click.echo(json.dumps(out, indent=4))
+        return
+    for obj in out:
+        click.echo(_render_template(fmt, obj))
 
 
-@cli.command("history")
+@cli.command("history", short_help="Show an image's history, newest first.")
 @click.argument("image")
-@click.option("--no-trunc", is_flag=True, help="Do not truncate output.")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--no-trunc", is_flag=True, help="Show full ids and CREATED BY texts.")
+@click.option("-H", "--human/--no-human", default=True, show_default=True,
+              help="Sizes and dates for people; --no-human prints bytes and RFC 3339 times.")
+@click.option("-q", "--quiet", is_flag=True, help="Only the image id column.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
+              help="table for people; json: an array of {ID, Created, CreatedBy, Size, Comment, EmptyLayer}.")
 @pass_ctx
-def history_cmd(c: Ctx, image: str, no_trunc: bool, fmt: str) -> None:
-    """Show the history of an image, newest first."""
+def history_cmd(c: Ctx, image: str, no_trunc: bool, human: bool, quiet: bool, fmt: str) -> None:
+    """Show the history of an image, newest first, as docker history does.
+
+    One row per history entry: the image id on the newest row and <missing> below it (pybuild
+    keeps no intermediate images), when and by what instruction it was made, the size of its
+    layer (compressed, as stored) and 0B for steps that only changed the config (empty layers)."""
     store = c.store()
     store.check_exists()
     _, desc = store.resolve(image)
     img = store.load(desc)
     layers = list(img.manifest.layers)
+    history = list(img.config.history)
     rows = []
-    for h in img.config.history:
+    for h in history:
         size = 0
         if not h.empty_layer and layers:
             size = layers.pop(0).size
         rows.append({"Created": h.created, "CreatedBy": h.created_by, "Size": size, "Comment": h.comment,
                      "EmptyLayer": h.empty_layer})
-    rows.reverse()
+    for layer in layers:  # layers without a history entry (an image made without one): one row each
+        rows.append({"Created": img.config.created, "CreatedBy": "", "Size": layer.size, "Comment": "",
+                     "EmptyLayer": False})
+    rows = [{"ID": str(img.id) if i == 0 else "<missing>", **r} for i, r in enumerate(reversed(rows))]
     if fmt == "json":
         click.echo(json.dumps(rows, indent=2))
         return
-    top = img.id.hex[:12] if not no_trunc else str(img.id)
-    table = [("IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT")]
-    for i, r in enumerate(rows):
-        by = r["CreatedBy"] if no_trunc or len(r["CreatedBy"]) <= 45 else r["CreatedBy"][:44] + "…"
-        table.append((top if i == 0 else "<missing>", _human_age(r["Created"]), by, _human_size(r["Size"]),
-                      r["Comment"]))
-    widths = [max(len(row[i]) for row in table) for i in range(5)]
-    for row in table:
-        click.echo("   ".join(v.ljust(widths[i]) for i, v in enumerate(row)).rstrip())
+    ids = [r["ID"] if no_trunc or r["ID"] == "<missing>" else img.id.hex[:12] for r in rows]
+    if quiet:
+        for i in ids:
+            click.echo(i)
+        return
+    table = [["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"]]
+    for i, r in zip(ids, rows):
+        by = " ".join(r["CreatedBy"].split()) if not no_trunc else r["CreatedBy"].replace("\n", " ")
+        if not no_trunc and len(by) > 45:
+            by = by[:44] + "…"
+        table.append([i, _human_age(r["Created"]) if human else r["Created"], by,
+                      _human_size(r["Size"]) if human else str(r["Size"]), r["Comment"]])
+    _print_table(table)
 
 
-@cli.command("tag")
+@cli.command("tag", short_help="Add a tag to an image.")
 @click.argument("source")
 @click.argument("target")
 @pass_ctx
 def tag_cmd(c: Ctx, source: str, target: str) -> None:
-    """Create a tag TARGET that refers to SOURCE."""
+    """Create a tag TARGET (NAME[:TAG]) that refers to the image SOURCE (a name or an id prefix)."""
     from pybuild.reference import parse_reference
     parse_reference(target)  # validate before reading anything
     store = c.store()
@@ -190,12 +298,13 @@ def tag_cmd(c: Ctx, source: str, target: str) -> None:
     store.tag(target, desc)
 
 
-@cli.command("rmi")
+@cli.command("rmi", short_help="Remove images (tags), then unused blobs.")
 @click.argument("images", nargs=-1, required=True)
 @click.option("-f", "--force", is_flag=True, help="Remove every tag of an image given by id.")
 @pass_ctx
 def rmi_cmd(c: Ctx, images: tuple[str, ...], force: bool) -> None:
-    """Remove image tags; blobs no other tag uses are deleted."""
+    """Remove images: each IMAGE given by name loses that tag; given by id, it loses all its
+    tags (with -f when it has several). Blobs no remaining tag uses are deleted at once."""
     from pybuild.errors import UserError
     from pybuild.reference import parse_reference
     from pybuild.store.gc import collect
@@ -222,11 +331,13 @@ def rmi_cmd(c: Ctx, images: tuple[str, ...], force: bool) -> None:
         click.echo(f"Deleted: {d}")
 
 
-@cli.command("prune")
+@cli.command("prune", short_help="Remove untagged images and unused blobs.")
 @click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
 @pass_ctx
 def prune_cmd(c: Ctx, dry_run: bool) -> None:
-    """Remove untagged images, and every blob and snapshot no tag uses."""
+    """Remove untagged images, and every blob and snapshot no tag uses.
+
+    Build cache records (and their layers) are kept while the image they built is tagged."""
     from pybuild.store.gc import collect
     store = c.store()
     if not store.exists():
@@ -243,25 +354,32 @@ def prune_cmd(c: Ctx, dry_run: bool) -> None:
     click.echo(f"Total reclaimed space: {_human_size(report.bytes_freed)}")
 
 
-@cli.command("save")
+@cli.command("save", short_help="Save images to an oci-archive or docker-archive.")
 @click.argument("images", nargs=-1, required=True)
-@click.option("-o", "--output", required=True, metavar="FILE", help="Archive to write.")
+@click.option("-o", "--output", required=True, metavar="FILE", help="Archive to write (appears only when complete).")
 @click.option("--format", "fmt", type=click.Choice(["oci-archive", "docker-archive"]), default="oci-archive",
-              show_default=True)
+              show_default=True, help="oci-archive: a tar of an OCI image layout (skopeo's oci-archive:); "
+                                      "docker-archive: what docker save writes (docker load reads it).")
+@click.option("--progress", type=click.Choice(["auto", "plain", "quiet"]), default="auto", show_default=True,
+              help=_TRANSFER_PROGRESS_HELP)
 @pass_ctx
-def save_cmd(c: Ctx, images: tuple[str, ...], output: str, fmt: str) -> None:
-    """Save images to an archive."""
+def save_cmd(c: Ctx, images: tuple[str, ...], output: str, fmt: str, progress: str) -> None:
+    """Save one or more images (names or id prefixes) to an archive file."""
     from pybuild.store.archive import save
     store = c.store()
     store.check_exists()
-    save(store, list(images), output, fmt)
+    with _transfers(progress, sys.stderr) as view:
+        save(store, list(images), output, fmt, progress=view.event)
 
 
-@cli.command("load")
+@cli.command("load", short_help="Load images from an archive.")
 @click.option("-i", "--input", "input_", required=True, metavar="FILE", help="Archive to read.")
 @pass_ctx
 def load_cmd(c: Ctx, input_: str) -> None:
-    """Load images from an oci-archive or docker-archive."""
+    """Load images from an oci-archive or docker-archive (gzip-compressed is fine).
+
+    Every blob is verified before anything is committed: a bad archive leaves the store as it
+    was. Images without a name in the archive load untagged (see `pybuild images`)."""
     from pybuild.store.archive import load
     store = c.store()
     for r in load(store, input_):
@@ -301,7 +419,7 @@ def _parse_output(spec: str) -> dict[str, str]:
     return fields
 
 
-@cli.command("build")
+@cli.command("build", short_help="Build an image from a Dockerfile.")
 @click.argument("context", metavar="CONTEXT")
 @click.option("-t", "--tag", "tags", multiple=True, metavar="TAG", help="Name (and tag) for the image; repeatable.")
 @click.option("-f", "--file", "file", metavar="FILE", help="Dockerfile (default: CONTEXT/Dockerfile; - for stdin).")
@@ -312,9 +430,12 @@ def _parse_output(spec: str) -> dict[str, str]:
               help="For each step that misses the cache, say which input changed since the last build of the tag.")
 @click.option("--label", "labels", multiple=True, metavar="K=V", help="Image label; repeatable.")
 @click.option("--iidfile", metavar="FILE", help="Write the image id here.")
-@click.option("--progress", type=click.Choice(["auto", "plain", "quiet"]), default="auto", show_default=True)
+@click.option("--progress", type=click.Choice(["auto", "plain", "quiet"]), default="auto", show_default=True,
+              help="auto: a live view on a terminal, else plain; plain: a stable line-by-line log (CI); "
+                   "quiet: only the image id (the error of a failing step shows its output's tail).")
 @click.option("-q", "--quiet", is_flag=True, help="Same as --progress quiet.")
-@click.option("--compression", type=click.Choice(["gzip", "zstd"]), default="gzip", show_default=True)
+@click.option("--compression", type=click.Choice(["gzip", "zstd"]), default="gzip", show_default=True,
+              help="Compression of the layers this build makes.")
 @click.option("--output", "outputs", multiple=True, metavar="type=oci|docker|local,dest=PATH",
               help="Also export the image; repeatable.")
 @click.option("--network", type=click.Choice(["host", "none"]), default="host", show_default=True,
@@ -344,9 +465,23 @@ def build_cmd(c: Ctx, context: str, tags: tuple[str, ...], file: str | None, bui
               secrets: tuple[str, ...], security_opt: tuple[str, ...], cap_add: tuple[str, ...],
               cap_drop: tuple[str, ...], storage_driver: str, push_: bool, cache_from: tuple[str, ...],
               cache_to: str | None, explain_cache: bool = False) -> None:
-    """Build an image from a Dockerfile and a context (a directory, a tar, or - for a Dockerfile on stdin)."""
+    """Build an image from a Dockerfile and a context.
+
+    CONTEXT is a directory, a tar file (plain, gzip, bzip2, xz or zstd), or - for stdin: a
+    tar context, or a Dockerfile alone (an empty context). `pybuild -t TAG CONTEXT` is short
+    for `pybuild build -t TAG CONTEXT`. Build errors quote the Dockerfile with >>> at the
+    failing line.
+
+    \b
+    Examples:
+      pybuild build -t app .
+      pybuild build -t app -f build/Dockerfile --build-arg VERSION=2 --target final .
+      pybuild build -t reg.example.com/app:1 --push --cache-from reg.example.com/app:cache \\
+          --cache-to reg.example.com/app:cache .
+    """
     from pybuild.builder.build import BuildOptions, Progress, build
     from pybuild.builder.context import open_build_context
+    from pybuild.errors import DockerfileError
     from pybuild.builder.security import parse_security_opt
     from pybuild.oci import Platform
     from pybuild.reference import parse_reference
@@ -378,8 +513,13 @@ def build_cmd(c: Ctx, context: str, tags: tuple[str, ...], file: str | None, bui
                             secrets=_secrets(secrets), cache_from=tuple(remotes),
                             security=parse_security_opt(security_opt, cap_add, cap_drop),
                             storage_driver=storage_driver, explain_cache=explain_cache)
-        prog = Progress(mode, out=lambda line: click.echo(line, err=False), stream=sys.stdout)
-        result = build(store, opts, progress=prog)
+        prog = _build_progress(mode, Progress)
+        try:
+            result = build(store, opts, progress=prog)
+        except DockerfileError as e:
+            e.source = bc.dockerfile_text  # the error shows the Dockerfile around the failing line
+            e.log = getattr(prog, "failure", [])  # quiet: the failing step's output tail
+            raise
     for o in outs:
         _export(store, result, o)
     if cache_to:
@@ -390,7 +530,8 @@ def build_cmd(c: Ctx, context: str, tags: tuple[str, ...], file: str | None, bui
     if push_:
         from pybuild.registry import push
         for t in result.tags:
-            digest = push(store, t)
+            with _transfers(mode, sys.stdout) as view:
+                digest = push(store, t, progress=view)
             if mode != "quiet":
                 click.echo(f"pushed {t}@{digest}")
     if iidfile:
@@ -401,6 +542,39 @@ def build_cmd(c: Ctx, context: str, tags: tuple[str, ...], file: str | None, bui
         for t in result.tags:
             click.echo(f"Successfully tagged {t}")
         click.echo(f"--> {result.image_id}")
+
+
+def _build_progress(mode: str, progress_cls: "Any") -> "Any":
+    """The build's progress: the live view on a terminal (``tty``), the builder's own line log
+    (``plain``), or only a failing step's output (``quiet``); FROM pulls report their transfers
+    through it."""
+    from pybuild.progress import LiveBuildView, TransferView
+    if mode == "tty":
+        return LiveBuildView(sys.stdout)
+    if mode == "quiet":  # silent, but a failing step's output tail goes into the error message
+        return LiveBuildView(sys.stderr, live=False)
+    prog = progress_cls(mode, out=lambda line: click.echo(line, err=False), stream=sys.stdout)
+    prog.transfer = TransferView(mode, out=prog.line)
+    return prog
+
+
+class _transfers:
+    """``with _transfers(mode, stream) as view:`` a transfer progress callback for ``mode``
+    (``auto`` = ``tty`` when ``stream`` is a terminal, else ``plain``); the live block is erased
+    at the end."""
+
+    def __init__(self, mode: str, stream: "Any") -> None:
+        if mode == "auto":
+            mode = "tty" if stream.isatty() else "plain"
+        self.mode, self.stream = mode, stream
+
+    def __enter__(self) -> "Any":
+        from pybuild.progress import transfer_view
+        self.view, self._end = transfer_view(self.mode, self.stream)
+        return self.view
+
+    def __exit__(self, *exc: object) -> None:
+        self._end()
 
 
 def _secrets(specs: tuple[str, ...]) -> dict[str, bytes]:
@@ -417,11 +591,13 @@ def _secrets(specs: tuple[str, ...]) -> dict[str, bytes]:
             try:
                 out[sid] = Path(src).read_bytes()
             except OSError as e:
-                raise NotFound(f"--secret {sid}: cannot read {src}: {e.strerror}") from None
+                raise NotFound(f"--secret {sid}: cannot read {src}: {e.strerror}",
+                               hint="give a readable file: --secret id=ID,src=FILE") from None
         else:
             var = fields["env"]
             if var not in os.environ:
-                raise NotFound(f"--secret {sid}: environment variable {var} is not set")
+                raise NotFound(f"--secret {sid}: environment variable {var} is not set",
+                               hint=f"export {var}, or use --secret id={sid},src=FILE")
             out[sid] = os.environ[var].encode()
     return out
 
@@ -430,9 +606,9 @@ def _limits(memory: str | None, pids: int | None, cpus: float | None) -> "Any":
     from pybuild.builder.cgroups import Limits, parse_size
     from pybuild.errors import UsageError
     if pids is not None and pids < 1:
-        raise UsageError("--pids-limit must be at least 1")
+        raise UsageError("--pids-limit must be at least 1", hint="e.g. --pids-limit 200")
     if cpus is not None and cpus <= 0:
-        raise UsageError("--cpus must be more than 0")
+        raise UsageError("--cpus must be more than 0", hint="e.g. --cpus 1.5")
     return Limits(parse_size(memory) if memory else None, pids, cpus)
 
 
@@ -446,9 +622,11 @@ def _export(store: "Any", result: "Any", o: dict[str, str]) -> None:
     flatten_image(store, store.load(result.descriptor), Path(o["dest"]))
 
 
-@cli.command("run", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@cli.command("run", short_help="Run a command in an image.",
+             context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.option("--rm", is_flag=True, help="Accepted for docker compatibility: nothing is ever kept.")
-@click.option("--network", type=click.Choice(["host", "none"]), default="host", show_default=True)
+@click.option("--network", type=click.Choice(["host", "none"]), default="host", show_default=True,
+              help="host: the host's network; none: only a loopback interface.")
 @click.option("--memory", "-m", metavar="N", help="Memory limit (e.g. 512m).")
 @click.option("--pids-limit", type=int, metavar="N", help="Process limit.")
 @click.option("--cpus", type=float, metavar="N", help="CPU limit.")
@@ -464,7 +642,15 @@ def _export(store: "Any", result: "Any", o: dict[str, str]) -> None:
 def run_cmd(c: Ctx, rm: bool, network: str, memory: str | None, pids_limit: int | None, cpus: float | None,
             security_opt: tuple[str, ...], cap_add: tuple[str, ...], cap_drop: tuple[str, ...],
             init: bool, entrypoint: str | None, image: str, command: tuple[str, ...]) -> None:
-    """Run a command in a new sandbox from IMAGE; exits with the command's exit code."""
+    """Run COMMAND (default: the image's entrypoint and cmd) in a new sandbox from IMAGE.
+
+    The sandbox is removed when the command ends (pybuild keeps no containers); pybuild exits
+    with the command's exit code. A missing IMAGE is pulled, as docker does.
+
+    \b
+    Example:
+      pybuild run --rm busybox sh -c 'echo hello'
+    """
     from pybuild.builder.run import run_image
     from pybuild.builder.security import parse_security_opt
     store = c.store()
@@ -475,11 +661,13 @@ def run_cmd(c: Ctx, rm: bool, network: str, memory: str | None, pids_limit: int 
     raise click.exceptions.Exit(code)
 
 
-@cli.command("fsck")
+@cli.command("fsck", short_help="Check the store; repair what is broken.")
 @click.option("--no-repair", is_flag=True, help="Only report; remove nothing.")
 @pass_ctx
 def fsck_cmd(c: Ctx, no_repair: bool) -> None:
-    """Verify every blob and image; remove corrupt blobs, orphans and half-made snapshots."""
+    """Verify every blob and image; remove corrupt blobs, orphans and half-made snapshots.
+
+    Exits 1 when corrupt blobs or broken images remain to be dealt with."""
     from pybuild.errors import StoreError
     from pybuild.store.fsck import fsck
     store = c.store()
@@ -502,41 +690,61 @@ def fsck_cmd(c: Ctx, no_repair: bool) -> None:
     click.echo("store OK")
 
 
-@cli.command("pull")
+@cli.command("pull", short_help="Pull an image from a registry.")
 @click.argument("reference")
 @click.option("--platform", metavar="OS/ARCH", help="Platform to pick from a multi-platform image.")
-@click.option("-q", "--quiet", is_flag=True, help="Print only the stored name.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only the stored name; no progress.")
+@click.option("--progress", type=click.Choice(["auto", "plain", "quiet"]), default="auto", show_default=True,
+              help=_TRANSFER_PROGRESS_HELP)
 @pass_ctx
-def pull_cmd(c: Ctx, reference: str, platform: str | None, quiet: bool) -> None:
-    """Pull an image from a registry into the store."""
+def pull_cmd(c: Ctx, reference: str, platform: str | None, quiet: bool, progress: str) -> None:
+    """Pull an image from a registry into the store.
+
+    REFERENCE is HOST[:PORT]/REPO[:TAG] or …@sha256:DIGEST (docker.io when no host is given).
+    From a multi-platform index, the host's platform (or --platform's) is stored and tagged.
+    Prints the stored name and the manifest digest."""
     from pybuild.oci import Platform
     from pybuild.registry import pull
     store = c.store()
     store.init()
-    name, desc = pull(store, reference, Platform.parse(platform) if platform else None)
+    with _transfers("quiet" if quiet else progress, sys.stderr) as view:
+        name, desc = pull(store, reference, Platform.parse(platform) if platform else None, view)
     click.echo(name if quiet else f"{name}\nDigest: {desc.digest}")
 
 
-@cli.command("push")
+@cli.command("push", short_help="Push an image to a registry.")
 @click.argument("image")
 @click.argument("reference", required=False)
+@click.option("-q", "--quiet", is_flag=True, help="No progress.")
+@click.option("--progress", type=click.Choice(["auto", "plain", "quiet"]), default="auto", show_default=True,
+              help=_TRANSFER_PROGRESS_HELP)
 @pass_ctx
-def push_cmd(c: Ctx, image: str, reference: str | None) -> None:
-    """Push an image (to REFERENCE, default: its own name) and print the pushed digest."""
+def push_cmd(c: Ctx, image: str, reference: str | None, quiet: bool, progress: str) -> None:
+    """Push IMAGE to REFERENCE (default: IMAGE's own name) and print the pushed digest.
+
+    Blobs the registry has are skipped; blobs known to live in another repository of the same
+    registry are mounted, not uploaded. Log in first for a registry that needs credentials."""
     from pybuild.registry import push
     store = c.store()
     store.check_exists()
-    digest = push(store, image, reference)
+    with _transfers("quiet" if quiet else progress, sys.stderr) as view:
+        digest = push(store, image, reference, progress=view)
     click.echo(f"{reference or image}: digest: {digest}")
 
 
-@cli.command("login")
+@cli.command("login", short_help="Save registry credentials.")
 @click.argument("registry")
-@click.option("-u", "--username", required=True)
+@click.option("-u", "--username", required=True, help="User name on the registry.")
 @click.option("-p", "--password", help="Prefer --password-stdin: a password on the command line is visible.")
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
 def login_cmd(registry: str, username: str, password: str | None, password_stdin: bool) -> None:
-    """Log in to a registry; the credentials go to docker's config.json."""
+    """Check credentials against REGISTRY (HOST[:PORT]) and save them in docker's config.json
+    ($DOCKER_CONFIG/config.json, else ~/.docker/config.json), where pybuild and docker find them.
+
+    \b
+    Example:
+      echo "$TOKEN" | pybuild login ghcr.io -u me --password-stdin
+    """
     from pybuild.errors import UsageError
     from pybuild.registry import login
     if password_stdin:
@@ -581,31 +789,89 @@ def main(argv: list[str] | None = None) -> int:
         rv = cli.main(args=args, prog_name="pybuild", standalone_mode=False)
         return rv if isinstance(rv, int) else 0  # click returns Exit codes in this mode
     except PybuildError as e:
-        if debug:
-            raise
-        click.echo(f"error: {e.message}", err=True)
-        if e.hint:
-            click.echo(f"hint: {e.hint}", err=True)
+        _traceback(debug)
+        _print_error(e)
         return e.exit_code
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
-        return 130
+        return EXIT_INTERRUPTED
+    except click.UsageError as e:
+        _traceback(debug)
+        click.echo(f"error: {e.format_message()}", err=True)
+        if e.ctx is not None:
+            click.echo(e.ctx.get_usage(), err=True)
+            click.echo(f"hint: see '{e.ctx.command_path} --help'", err=True)
+        return EXIT_USAGE
     except click.ClickException as e:
-        e.show()
-        return 2 if isinstance(e, click.UsageError) else e.exit_code
+        _traceback(debug)
+        click.echo(f"error: {e.format_message()}", err=True)
+        return e.exit_code
     except click.exceptions.Exit as e:
         return e.exit_code
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
-        return 141
+        return EXIT_BROKEN_PIPE
     except OSError as e:
-        if debug:
-            raise
+        _traceback(debug)
         where = f" {e.filename}" if getattr(e, "filename", None) else ""
         click.echo(f"error:{where}: {e.strerror or e}", err=True)
-        return 1
+        click.echo("hint: check the path and its permissions", err=True)
+        return EXIT_ERROR
+    except Exception as e:  # a bug: one line, and the traceback with --debug
+        _traceback(debug)
+        click.echo(f"error: internal error: {type(e).__name__}: {e}", err=True)
+        click.echo("hint: this is a bug in pybuild; run again with --debug for the traceback and report it"
+                   if not debug else "hint: this is a bug in pybuild; please report the traceback above", err=True)
+        return EXIT_ERROR
+
+
+#: Exit codes (documented in the README and ``pybuild --help``).
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 0, 1, 2, 130, 141
+
+
+def _traceback(debug: bool) -> None:
+    """With ``--debug``, the Python traceback of the exception being handled, before the message."""
+    if debug:
+        import traceback
+        traceback.print_exc()
+
+
+def _print_error(e: PybuildError) -> None:
+    """``error: <headline>``, more lines of the message (for a Dockerfile error: the Dockerfile
+    around the failing line, ``>>>`` marking it), then ``hint: <hint>``; all on stderr."""
+    from pybuild.errors import DockerfileError
+    if isinstance(e, DockerfileError):
+        click.echo(f"error: {e.headline}", err=True)
+        rest = e.reason.splitlines()[1:]
+        snippet = e.snippet(e.source if e.source is not None else _dockerfile_source(e))
+        if not snippet and e.text:
+            snippet = [f"  {e.line:>4} | {e.text.rstrip()}" if e.line else f"  | {e.text.rstrip()}"]
+        lines = rest + e.log + snippet
+    else:
+        first, *lines = e.message.splitlines() or [""]
+        click.echo(f"error: {first}", err=True)
+    for ln in lines:
+        click.echo(ln, err=True)
+    hint = e.hint or e.default_hint
+    if hint:
+        click.echo(f"hint: {hint}", err=True)
+
+
+def _dockerfile_source(e: "Any") -> str | None:
+    """The text of the Dockerfile ``e`` names, if it can be read and its line ``e.line`` is the
+    offending text ``e.text`` (so a same-named file elsewhere is never shown)."""
+    if not e.file or e.file.startswith("<") or not e.line or not e.text:
+        return None
+    try:
+        text = Path(e.file).read_bytes().decode("utf-8-sig", "replace")
+    except OSError:
+        return None
+    lines = text.splitlines()
+    if e.line > len(lines) or lines[e.line - 1].rstrip() != e.text.rstrip():
+        return None
+    return text
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, Callable
 
 from pybuild.errors import DigestMismatch, InvalidArchive, InvalidReference, NotFound, UserError
 from pybuild.oci import (ANNOTATION_REF_NAME, Descriptor, Digest, ImageConfig, Index, Manifest,
@@ -57,11 +57,45 @@ def _add_bytes(tf: tarfile.TarFile, name: str, data: bytes) -> None:
     tf.addfile(_tarinfo(name, len(data)), io.BytesIO(data))
 
 
-def _add_blob(tf: tarfile.TarFile, store: Store, name: str, desc: Descriptor) -> None:
+#: ``progress(action, digest, size, done)``: ``saving`` (``done`` bytes of ``size`` read so far),
+#: then ``saved``; for a docker-archive layer ``size`` is the compressed blob's.
+SaveProgress = Callable[[str, Digest, int, int], None]
+
+
+class _ProgressReader:
+    """Passes reads through, reporting the bytes read (at most once per MiB)."""
+
+    def __init__(self, f: Any, desc: Descriptor, progress: SaveProgress) -> None:
+        self._f, self._desc, self._progress = f, desc, progress
+        self._done = self._shown = 0
+        progress("saving", desc.digest, desc.size, 0)
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._f.read(n)
+        self._done += len(data)
+        if self._done - self._shown >= 1 << 20:
+            self._shown = self._done
+            self._progress("saving", self._desc.digest, self._desc.size, self._done)
+        return data
+
+    def readinto(self, b: Any) -> int:
+        data = self.read(len(b))
+        b[:len(data)] = data
+        return len(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)
+
+
+def _add_blob(tf: tarfile.TarFile, store: Store, name: str, desc: Descriptor,
+              progress: SaveProgress | None = None) -> None:
     reader = store.content.open_blob(desc.digest, desc.size)
     with reader:
-        tf.addfile(_tarinfo(name, desc.size), reader)  # type: ignore[arg-type]
+        src = _ProgressReader(reader, desc, progress) if progress else reader
+        tf.addfile(_tarinfo(name, desc.size), src)  # type: ignore[arg-type]
         reader.finish()
+    if progress:
+        progress("saved", desc.digest, desc.size, desc.size)
 
 
 def _closure(store: Store, desc: Descriptor, out: dict[Digest, Descriptor]) -> None:
@@ -81,9 +115,10 @@ def _closure(store: Store, desc: Descriptor, out: dict[Digest, Descriptor]) -> N
 
 
 def save(store: Store, names: list[str], out_path: str | os.PathLike[str],
-         fmt: str = "oci-archive") -> list[str]:
+         fmt: str = "oci-archive", progress: SaveProgress | None = None) -> list[str]:
     """Write the named images to ``out_path`` as ``oci-archive`` or ``docker-archive``.
 
+    ``progress`` (optional) hears about every blob written (see :data:`SaveProgress`).
     The file appears only when complete. Returns the names saved. Raises NotFound,
     DigestMismatch (a corrupt blob), UserError (bad format or unwritable path).
     """
@@ -101,15 +136,16 @@ def save(store: Store, names: list[str], out_path: str | os.PathLike[str],
     try:
         with atomic_output(out) as f:
             if fmt == "oci-archive":
-                _save_oci(store, resolved, f)
+                _save_oci(store, resolved, f, progress)
             else:
-                _save_docker(store, resolved, f)
+                _save_docker(store, resolved, f, progress)
     except PermissionError as e:
         raise UserError(f"cannot write {out}: {e.strerror}") from None
     return [n for n, _ in resolved]
 
 
-def _save_oci(store: Store, images: list[tuple[str, Descriptor]], f: BinaryIO) -> None:
+def _save_oci(store: Store, images: list[tuple[str, Descriptor]], f: BinaryIO,
+              progress: SaveProgress | None = None) -> None:
     blobs: dict[Digest, Descriptor] = {}
     manifests = []
     for name, desc in images:
@@ -126,10 +162,11 @@ def _save_oci(store: Store, images: list[tuple[str, Descriptor]], f: BinaryIO) -
         for alg in sorted({d.algorithm for d in blobs}):
             tf.addfile(_tarinfo(f"blobs/{alg}", directory=True))
         for dig in sorted(blobs):
-            _add_blob(tf, store, f"blobs/{dig.algorithm}/{dig.hex}", blobs[dig])
+            _add_blob(tf, store, f"blobs/{dig.algorithm}/{dig.hex}", blobs[dig], progress)
 
 
-def _save_docker(store: Store, images: list[tuple[str, Descriptor]], f: BinaryIO) -> None:
+def _save_docker(store: Store, images: list[tuple[str, Descriptor]], f: BinaryIO,
+                 progress: SaveProgress | None = None) -> None:
     entries = []
     written: set[str] = set()
     with tarfile.open(fileobj=f, mode="w|", format=tarfile.PAX_FORMAT) as tf:
@@ -147,7 +184,7 @@ def _save_docker(store: Store, images: list[tuple[str, Descriptor]], f: BinaryIO
                 lname = f"{diff_id.hex}/layer.tar"
                 layer_names.append(lname)
                 if lname not in written:
-                    _add_uncompressed_layer(tf, store, lname, layer, diff_id)
+                    _add_uncompressed_layer(tf, store, lname, layer, diff_id, progress)
                     written.add(lname)
             tags = [] if re.match(r"^(sha256:)?[a-f0-9]{4,64}$", name) else [name]
             entries.append({"Config": cfg_name, "RepoTags": tags, "Layers": layer_names})
@@ -155,12 +192,13 @@ def _save_docker(store: Store, images: list[tuple[str, Descriptor]], f: BinaryIO
 
 
 def _add_uncompressed_layer(tf: tarfile.TarFile, store: Store, name: str, layer: Descriptor,
-                            diff_id: Digest) -> None:
+                            diff_id: Digest, progress: SaveProgress | None = None) -> None:
     """Decompress a layer into a temp file (verifying blob digest and diff_id), then add it."""
     with tempfile.TemporaryFile(dir=store.content.ingest_dir) as tmp:
         reader = store.content.open_blob(layer.digest, layer.size)
         with reader:
-            src = open_decompressed(reader, layer.media_type)  # type: ignore[arg-type]
+            counted = _ProgressReader(reader, layer, progress) if progress else reader
+            src = open_decompressed(counted, layer.media_type)  # type: ignore[arg-type]
             h = hashlib.sha256()
             while chunk := src.read(1 << 20):
                 h.update(chunk)
@@ -172,6 +210,8 @@ def _add_uncompressed_layer(tf: tarfile.TarFile, store: Store, name: str, layer:
         size = tmp.tell()
         tmp.seek(0)
         tf.addfile(_tarinfo(name, size), tmp)
+    if progress:
+        progress("saved", layer.digest, layer.size, layer.size)
 
 
 # -- load ----------------------------------------------------------------------------------------
