@@ -6,16 +6,21 @@ and puts manifests with their exact bytes, and lists tags and repositories acros
 
 Guarantees:
 
-- every request has connect and read timeouts;
+- every request has connect and read timeouts (``$PYBUILD_REGISTRY_TIMEOUT``, see
+  :func:`timeout_from_env`; 10 s to connect, 60 s of silence while reading by default), so a
+  stalled registry costs bounded time, never a hang;
 - ``429`` (honouring ``Retry-After``), ``5xx``, connection resets and timeouts are retried with
   bounded exponential backoff and jitter (:class:`RetryPolicy`), then end in a
-  :class:`~registry.errors.RegistryUnavailable` naming the operation and the last answer;
+  :class:`~registry.errors.RegistryUnavailable` naming the operation and the last answer (for a
+  timeout: the registry's address, the limit, and a hint naming ``PYBUILD_REGISTRY_TIMEOUT``);
+  a transfer that makes progress between failures gets a fresh retry budget;
 - a downloaded blob is hashed while it streams into a store ingest and is only committed by the
   caller after ``Ingest.verify`` (digest and size) passed; an interrupted download resumes with
   ``Range: bytes=N-`` and keeps hashing;
 - an upload hashes what it sends and refuses to finish one whose bytes do not match the
   descriptor; a failed chunk resumes from the offset the registry reports, or restarts in a new
-  upload session;
+  upload session; an upload whose completing answer was lost counts as done only when the
+  registry then has the blob (HEAD);
 - errors are :class:`pybuild.errors.RegistryError` subclasses whose message reads like
   ``pushing blob sha256:… to 127.0.0.1:5000/app: BLOB_UPLOAD_INVALID: …`` with a hint.
 
@@ -27,10 +32,12 @@ Transport policy (:func:`transport_for`): plain HTTP for loopback hosts (``local
 from __future__ import annotations
 
 import email.utils
+import http.client
 import ipaddress
 import json
 import os
 import random
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -38,15 +45,17 @@ from typing import Any, BinaryIO, Callable, Container, Iterator, Mapping
 from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 
 import requests
+import urllib3.exceptions
 
-from pybuild.errors import DigestMismatch, RegistryError
+from pybuild.errors import DigestMismatch, RegistryError, UserError
 from pybuild.oci import Descriptor, Digest, MediaType
 
 from .auth import Credentials, RegistryAuth, load_credentials
 from .errors import RegistryAuthError, RegistryUnavailable, error_from_response
 
 __all__ = ["RegistryClient", "RetryPolicy", "Transport", "transport_for", "ProgressEvent",
-           "Progress", "MANIFEST_ACCEPT", "DEFAULT_CHUNK_SIZE", "DEFAULT_MONOLITHIC_LIMIT"]
+           "Progress", "MANIFEST_ACCEPT", "DEFAULT_CHUNK_SIZE", "DEFAULT_MONOLITHIC_LIMIT",
+           "DEFAULT_TIMEOUT", "TIMEOUT_ENV", "timeout_from_env"]
 
 MANIFEST_ACCEPT = ", ".join([MediaType.OCI_INDEX, MediaType.OCI_MANIFEST, MediaType.DOCKER_LIST,
                              MediaType.DOCKER_MANIFEST])
@@ -55,6 +64,8 @@ DEFAULT_MONOLITHIC_LIMIT = 16 << 20
 MAX_MANIFEST_SIZE = 4 << 20
 _DOWNLOAD_CHUNK = 1 << 16
 _RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+DEFAULT_TIMEOUT = (10.0, 60.0)
+TIMEOUT_ENV = "PYBUILD_REGISTRY_TIMEOUT"
 
 
 def _unresolvable(e: BaseException) -> bool:
@@ -63,6 +74,73 @@ def _unresolvable(e: BaseException) -> bool:
     return "Name or service not known" in text or "Failed to resolve" in text or "nodename nor servname" in text
 _TRANSIENT = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
 USER_AGENT = "pybuild/0.1"
+
+
+def _chain(e: BaseException) -> list[BaseException]:
+    """``e`` and every exception it wraps (``reason``, ``args``, cause, context), outermost first."""
+    out: list[BaseException] = []
+    todo: list[BaseException] = [e]
+    seen: set[int] = set()
+    while todo:
+        x = todo.pop(0)
+        if id(x) in seen:
+            continue
+        seen.add(id(x))
+        out.append(x)
+        for nxt in (getattr(x, "reason", None), *getattr(x, "args", ()), x.__cause__, x.__context__):
+            if isinstance(nxt, BaseException):
+                todo.append(nxt)
+    return out
+
+
+def _could_not_connect(e: BaseException) -> bool:
+    """True when no connection was made at all (refused, unresolvable, unroutable)."""
+    return any(isinstance(x, (urllib3.exceptions.NewConnectionError, ConnectionRefusedError))
+               for x in _chain(e))
+
+
+def _timed_out(e: BaseException) -> bool:
+    """True when ``e``, or an exception it wraps, is a timeout (requests wraps urllib3's read
+    timeouts during a streamed body in a plain ``ConnectionError``). urllib3's
+    NewConnectionError derives from its ConnectTimeoutError but is a refusal, not a timeout."""
+    return not _could_not_connect(e) and any(
+        isinstance(x, (requests.Timeout, urllib3.exceptions.TimeoutError, socket.timeout))
+        for x in _chain(e))
+
+
+def _broken(e: BaseException) -> str:
+    """How an established connection broke, in words."""
+    for x in reversed(_chain(e)):          # innermost first
+        if isinstance(x, ConnectionResetError):
+            return "the connection was reset"
+        if isinstance(x, BrokenPipeError):
+            return "the connection was closed while sending"
+        if isinstance(x, http.client.RemoteDisconnected):
+            return "the connection was closed without an answer"
+    return _reason(e)
+
+
+def timeout_from_env(env: Mapping[str, str] | None = None) -> tuple[float, float]:
+    """The (connect, read) timeouts in seconds from ``$PYBUILD_REGISTRY_TIMEOUT``.
+
+    ``SECONDS`` sets both; ``CONNECT,READ`` sets them apart; unset or empty gives
+    :data:`DEFAULT_TIMEOUT` (10 s, 60 s). The read timeout is the longest silence tolerated
+    while waiting for an answer or in the middle of one, not a limit on a whole transfer.
+    Raises UserError for anything but one or two positive numbers.
+    """
+    env = os.environ if env is None else env
+    text = (env.get(TIMEOUT_ENV) or "").strip()
+    if not text:
+        return DEFAULT_TIMEOUT
+    try:
+        values = [float(x) for x in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2) or not all(0 < v < float("inf") for v in values):
+        raise UserError(f"{TIMEOUT_ENV}={text!r} is not a timeout",
+                        hint=f"give seconds, e.g. {TIMEOUT_ENV}=120, or connect and read seconds: "
+                             f"{TIMEOUT_ENV}=10,120")
+    return (values[0], values[-1])
 
 
 # -- transport policy --------------------------------------------------------------------------
@@ -169,17 +247,22 @@ class _Attempts:
         self._sleep = sleep
 
     def again(self, last: str, retry_after: float | None = None, status: int = 0,
-              code: str = "") -> None:
-        """Wait before the next try, or raise RegistryUnavailable when the budget is spent."""
+              code: str = "", hint: str | None = None) -> None:
+        """Wait before the next try, or raise RegistryUnavailable when the budget is spent.
+
+        ``last`` describes the failure; ``hint`` (what to do about that failure) becomes the
+        error's hint when this was the last try.
+        """
         self.n += 1
         self.last = last
         wait = self.policy.delay(self.n - 1, retry_after)
         spent = time.monotonic() - self.start
         if self.n >= self.policy.tries or spent + wait > self.policy.total:
             why = f"after {self.n} tries" if self.n >= self.policy.tries else \
-                f"after {self.n} tries in {spent:.0f}s (next wait {wait:.0f}s exceeds the limit)"
+                f"after {self.n} tries in {spent:.0f}s (waiting {wait:.1f}s more would pass " \
+                f"the {self.policy.total:g}s limit)"
             raise RegistryUnavailable(f"{self.op}: giving up {why}; last: {last}", status=status,
-                                      code=code, hint="the registry is failing or unreachable; "
+                                      code=code, hint=hint or "the registry is failing or unreachable; "
                                       "check it and try again later")
         self._sleep(wait)
 
@@ -211,7 +294,7 @@ def _with_query(url: str, extra: Mapping[str, str]) -> str:
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
-def _reason(e: Exception) -> str:
+def _reason(e: BaseException) -> str:
     """The innermost cause of a requests/urllib3 connection error, without the pool noise."""
     inner: object = e
     while True:
@@ -221,7 +304,9 @@ def _reason(e: Exception) -> str:
         if nxt is None or nxt is inner or not isinstance(nxt, Exception):
             break
         inner = nxt
-    text = str(inner)
+    args = getattr(inner, "args", ())
+    # urllib3's ProtocolError is ("Connection broken: …", the cause): its text is enough
+    text = args[0] if len(args) > 1 and isinstance(args[0], str) else str(inner)
     # urllib3 prefixes "<urllib3.connection.HTTPConnection object at 0x…>: "
     return text.split(">: ", 1)[-1] if text.startswith("<") else text
 
@@ -236,20 +321,22 @@ class RegistryClient:
 
     Construction does no I/O. ``credentials`` are used when given; otherwise docker's
     config.json / credential helpers are consulted lazily on the first auth challenge (pass
-    ``anonymous=True`` to never look). Safe to share between threads for blob transfers.
+    ``anonymous=True`` to never look). ``timeout`` is (connect, read) seconds, by default from
+    ``$PYBUILD_REGISTRY_TIMEOUT`` in ``env`` (:func:`timeout_from_env`; UserError when it is
+    malformed). Safe to share between threads for blob transfers.
     """
 
     def __init__(self, registry: str, *, credentials: Credentials | None = None,
                  anonymous: bool = False, env: Mapping[str, str] | None = None,
                  session: requests.Session | None = None, retry: RetryPolicy | None = None,
-                 timeout: tuple[float, float] = (10.0, 120.0),
+                 timeout: tuple[float, float] | None = None,
                  chunk_size: int = DEFAULT_CHUNK_SIZE,
                  monolithic_limit: int = DEFAULT_MONOLITHIC_LIMIT,
                  sleep: Callable[[float], None] = time.sleep) -> None:
         self.registry = registry
         self.transport = transport_for(registry, env)
         self.retry = retry or RetryPolicy()
-        self.timeout = timeout
+        self.timeout = timeout or timeout_from_env(os.environ if env is None else env)
         self.chunk_size = chunk_size
         self.monolithic_limit = monolithic_limit
         self._sleep = sleep
@@ -262,7 +349,7 @@ class RegistryClient:
         env_copy = dict(os.environ if env is None else env)
         loader = None if anonymous else (lambda: load_credentials(registry, env_copy))
         self.auth = RegistryAuth(registry, self.transport.api_host, credentials=credentials,
-                                 loader=loader, token_session=token_session, timeout=timeout)
+                                 loader=loader, token_session=token_session, timeout=self.timeout)
         self.session.auth = self.auth
         self._lock = threading.Lock()
 
@@ -295,8 +382,38 @@ class RegistryClient:
                 f"{op}: TLS error talking to {self.transport.base_url}: {e}", code="TLS",
                 hint=("set PYBUILD_CA_BUNDLE to the registry's CA certificate, or, for a registry "
                       f"that speaks plain HTTP, add {self.registry} to PYBUILD_INSECURE_REGISTRIES"))
-        return RegistryUnavailable(f"{op}: cannot reach {self.transport.base_url}: {_reason(e)}",
-                                   hint="check that the registry is running and the address is right")
+        text, hint = self._failure(e)
+        return RegistryUnavailable(f"{op}: {text}", code="TIMEOUT" if _timed_out(e) else "", hint=hint)
+
+    def _failure(self, e: Exception) -> tuple[str, str]:
+        """(what went wrong, what to do) for a connection-level failure: no connection, a
+        timeout, or a connection that broke (reset, closed) in the middle of an exchange."""
+        base = self.transport.base_url
+        if _could_not_connect(e):
+            return (f"cannot reach {base}: {_reason(e)}",
+                    "check that the registry is running and the address is right")
+        if _timed_out(e):
+            return self._timeout_text(e), self._timeout_hint()
+        return (f"the connection to {base} broke: {_broken(e)}",
+                f"the connection to {self.registry} keeps breaking; check the network (and any "
+                "proxy or load balancer in between) and try again")
+
+    def _timeout_text(self, e: BaseException) -> str:
+        """What timed out, with the registry's address and the limit."""
+        if isinstance(e, requests.exceptions.ConnectTimeout):
+            return f"timed out: could not connect to {self.transport.base_url} within {self.timeout[0]:g}s"
+        return f"timed out: no answer from {self.transport.base_url} within {self.timeout[1]:g}s"
+
+    def _timeout_hint(self) -> str:
+        return (f"{self.registry} is slow or stalled; try again later, or give it more time with "
+                f"{TIMEOUT_ENV}=SECONDS (now {self.timeout[1]:g})")
+
+    def _broken_text(self, e: Exception, where: str) -> tuple[str, str]:
+        """(what went wrong, what to do) for a response body that broke off ``where``."""
+        if _timed_out(e):
+            return (f"the answer stalled {where}: no data from {self.transport.base_url} for "
+                    f"{self.timeout[1]:g}s", self._timeout_hint())
+        return f"the answer broke off {where}: {_broken(e)}", self._failure(e)[1]
 
     def request(self, method: str, url: str, op: str, *, ok: Container[int] = (200,),
                 retry: bool = True, headers: Mapping[str, str] | None = None,
@@ -321,7 +438,8 @@ class RegistryClient:
             except _TRANSIENT as e:
                 if not retry or _unresolvable(e):  # a host name that does not resolve stays so
                     raise self._connection_error(op, e) from None
-                attempts.again(f"{type(e).__name__}: {_reason(e)}")
+                last, hint = self._failure(e)
+                attempts.again(last, hint=hint)
                 continue
             if resp.status_code in ok:
                 return resp
@@ -329,7 +447,7 @@ class RegistryClient:
                 err = self._raise_for(op, resp)
                 resp.close()
                 attempts.again(f"HTTP {resp.status_code} ({err.message[len(op) + 2:]})",
-                               _retry_after(resp), resp.status_code, err.code)
+                               _retry_after(resp), resp.status_code, err.code, err.hint)
                 continue
             err = self._raise_for(op, resp)
             if isinstance(err, RegistryUnavailable):
@@ -391,14 +509,14 @@ class RegistryClient:
                     progress(ProgressEvent("downloading", desc.digest, desc.size, sink.size))
                 if sink.size >= desc.size:
                     break
-                why = f"the stream ended after {sink.size} of {desc.size} bytes"
+                why, hint = f"the stream ended after {sink.size} of {desc.size} bytes", None
             except _TRANSIENT as e:
-                why = f"the stream broke after {sink.size} of {desc.size} bytes: {type(e).__name__}"
+                why, hint = self._broken_text(e, f"after {sink.size} of {desc.size} bytes")
             finally:
                 resp.close()
             if sink.size > start:      # progress since the last break: a fresh retry budget
                 attempts = _Attempts(self.retry, op, self._sleep)
-            attempts.again(why)
+            attempts.again(why, hint=hint)
         sink.verify(desc.digest, desc.size)
         progress(ProgressEvent("downloaded", desc.digest, desc.size, desc.size))
 
@@ -452,7 +570,11 @@ class RegistryClient:
         ``chunk_size`` with ``Content-Range`` and a final PUT. The bytes sent are hashed and must
         match ``desc`` before the upload is completed (DigestMismatch otherwise: the local copy is
         corrupt). ``location`` continues an upload session already opened (e.g. by a refused
-        mount). Raises RegistryError subclasses.
+        mount). A reset or timed-out request is retried (a chunk from the offset the registry
+        reports; a completing PUT whose answer was lost counts as done only if the registry then
+        has the blob); every chunk that goes through renews the retry budget. Returns only once
+        the registry confirmed the blob. Raises RegistryUnavailable (after the retries),
+        DigestMismatch, other RegistryError subclasses.
         """
         progress = progress or _no_progress
         op = f"pushing blob {desc.digest} to {self.where(repo)}"
@@ -487,47 +609,79 @@ class RegistryClient:
                 r.close()
                 return
             except RegistryUnavailable as e:
-                attempts.again(e.message[len(op) + 2:], e.retry_after, e.status, e.code)
+                if not e.status and self._landed(repo, desc):
+                    return         # the answer was lost, the upload was not
+                attempts.again(e.message[len(op) + 2:], e.retry_after, e.status, e.code, e.hint)
 
     def _upload_chunked(self, repo: str, desc: Descriptor, opener: Callable[[], BinaryIO],
                         location: str | None, op: str, progress: Progress) -> None:
         hasher = desc.digest.new_hasher()
         hashed = 0
+        checked = False
         attempts = _Attempts(self.retry, op, self._sleep)
         loc = location or self.start_upload(repo, op)
         offset = 0
         with opener() as f:
-            while offset < desc.size:
-                f.seek(offset)
-                chunk = f.read(min(self.chunk_size, desc.size - offset))
-                if not chunk:
-                    raise DigestMismatch(f"blob {desc.digest}: expected {desc.size} bytes, read {offset}",
-                                         expected=str(desc.digest))
-                end = offset + len(chunk)
-                if end > hashed:
-                    hasher.update(chunk[hashed - offset:])
-                    hashed = end
+            while True:
+                while offset < desc.size:
+                    f.seek(offset)
+                    chunk = f.read(min(self.chunk_size, desc.size - offset))
+                    if not chunk:
+                        raise DigestMismatch(f"blob {desc.digest}: expected {desc.size} bytes, read {offset}",
+                                             expected=str(desc.digest))
+                    end = offset + len(chunk)
+                    if end > hashed:
+                        hasher.update(chunk[hashed - offset:])
+                        hashed = end
+                    try:
+                        r = self.request("PATCH", loc, op, ok=(202, 204), retry=False, data=chunk, headers={
+                            "Content-Type": "application/octet-stream",
+                            "Content-Range": f"{offset}-{end - 1}"})
+                        r.close()
+                        loc = self._location(r, op, default=loc)
+                        offset = end
+                        attempts = _Attempts(self.retry, op, self._sleep)   # progress: a fresh budget
+                        progress(ProgressEvent("uploading", desc.digest, desc.size, offset))
+                    except RegistryUnavailable as e:
+                        attempts.again(e.message[len(op) + 2:], e.retry_after, e.status, e.code, e.hint)
+                        loc, offset = self._resume_upload(repo, loc, op)
+                        progress(ProgressEvent("resuming", desc.digest, desc.size, offset))
+                if not checked:
+                    if hashed != desc.size:
+                        raise RegistryError(f"{op}: the registry reports {offset} bytes received, "
+                                            f"but only {hashed} were sent",
+                                            hint="the registry lost track of the upload; try again")
+                    actual = Digest.from_hasher(hasher)
+                    if actual != desc.digest:
+                        raise DigestMismatch(f"blob {desc.digest}: the local copy hashes to {actual}",
+                                             expected=str(desc.digest), actual=str(actual),
+                                             hint="the store is corrupt; remove the image and pull/build it again")
+                    checked = True
                 try:
-                    r = self.request("PATCH", loc, op, ok=(202, 204), retry=False, data=chunk, headers={
-                        "Content-Type": "application/octet-stream",
-                        "Content-Range": f"{offset}-{end - 1}"})
+                    r = self.request("PUT", _with_query(loc, {"digest": str(desc.digest)}), op,
+                                     ok=(201, 204), retry=False, headers={"Content-Length": "0"})
                     r.close()
-                    loc = self._location(r, op, default=loc)
-                    offset = end
-                    progress(ProgressEvent("uploading", desc.digest, desc.size, offset))
+                    return
                 except RegistryUnavailable as e:
-                    attempts.again(e.message[len(op) + 2:], e.retry_after,
-                                   e.status, e.code)
+                    if not e.status and self._landed(repo, desc):
+                        return     # the answer was lost, the upload was not
+                    attempts.again(e.message[len(op) + 2:], e.retry_after, e.status, e.code, e.hint)
                     loc, offset = self._resume_upload(repo, loc, op)
                     progress(ProgressEvent("resuming", desc.digest, desc.size, offset))
-        actual = Digest.from_hasher(hasher)
-        if actual != desc.digest:
-            raise DigestMismatch(f"blob {desc.digest}: the local copy hashes to {actual}",
-                                 expected=str(desc.digest), actual=str(actual),
-                                 hint="the store is corrupt; remove the image and pull/build it again")
-        r = self.request("PUT", _with_query(loc, {"digest": str(desc.digest)}), op, ok=(201, 204),
-                         headers={"Content-Length": "0"})
-        r.close()
+
+    def _landed(self, repo: str, desc: Descriptor) -> bool:
+        """True when the registry has blob ``desc`` (one HEAD, no retries; False when unsure).
+
+        Asked after an upload's completing request got no answer: the registry may have
+        completed the upload and only its answer was lost."""
+        try:
+            r = self.request("HEAD", self.url(f"/v2/{repo}/blobs/{desc.digest}"),
+                             f"checking blob {desc.digest} in {self.where(repo)}", ok=(200, 404),
+                             retry=False)
+            r.close()
+        except RegistryError:
+            return False
+        return r.status_code == 200 and r.headers.get("Content-Length") == str(desc.size)
 
     def _resume_upload(self, repo: str, loc: str, op: str) -> tuple[str, int]:
         """Where an interrupted upload stands: (location, next offset) from the registry's
@@ -580,7 +734,8 @@ class RegistryClient:
                         raise RegistryError(f"{op}: the document is larger than {limit} bytes")
                 return r, bytes(buf)
             except _TRANSIENT as e:
-                attempts.again(f"the answer broke off after {len(buf)} bytes: {type(e).__name__}")
+                why, hint = self._broken_text(e, f"after {len(buf)} bytes")
+                attempts.again(why, hint=hint)
             finally:
                 r.close()
 

@@ -8,19 +8,23 @@
   ``http.server``) issues RS256 JWTs signed by ``openssl`` with a self-signed certificate that
   the registry trusts (``rootcertbundle``); the registry verifies them exactly as in production.
 - ``make_proxy``: ``FaultProxy``, an HTTP proxy in front of a real registry that forwards every
-  request and, on rules the test adds, cuts a response after N bytes, answers 429/5xx, corrupts a
-  body, redirects blob downloads to another host name, or paginates tag lists. It records every
-  request. It injects faults into real traffic; it does not imitate the registry.
+  request and, on rules the test adds, cuts a response after N bytes, resets the TCP connection
+  (mid-request-body or mid-response-body), stalls (withholds the answer, or its body, for a
+  while), answers 429/5xx, corrupts a body, redirects blob downloads to another host name, or
+  paginates tag lists. It records every request with the order in which it arrived and was
+  answered. It injects faults into real traffic; it does not imitate the registry.
 """
 from __future__ import annotations
 
 import base64
 import http.client
+import itertools
 import json
 import os
 import re
 import shutil
 import socket
+import struct
 import subprocess
 import threading
 import time
@@ -293,15 +297,21 @@ _HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
 class Rule:
     """``action`` on requests whose method and path (with query) match; ``times`` < 0 = always."""
 
-    action: str     # status | cut | corrupt | redirect | paginate_tags | strip_range | relative_location
+    action: str     # status | cut | reset | reset_request | stall | stall_body | delay | corrupt
+    #                 | redirect | paginate_tags | strip_range | relative_location
     method: str | None = None
     path: str = ".*"
     times: int = 1
     status: int = 503
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b""
-    after: int = 0                  # cut: bytes of the body sent before the connection drops
+    after: int = 0                  # cut, reset, stall_body: response body bytes sent first;
+    #                                 reset_request: request body bytes read before the reset
     nth: int = 1                    # apply from the n-th matching request on
+    seconds: float = 30.0           # stall, stall_body: how long the answer is withheld; delay
+    forward: bool = False           # reset_request: send the bytes read on to the registry (which
+    #                                 then sees the body break off); stall: let the registry act
+    #                                 on the request, only its answer is withheld
     seen: int = 0
 
 
@@ -312,12 +322,30 @@ class Seen:
     host: str
     authorization: str
     range: str
-    status: int
-    action: str
+    status: int                     # the registry's answer; 0: the request never reached it
+    action: str                     # the rule applied ("" for none)
+    start: int = 0                  # when the request arrived, and when the registry's answer came
+    end: int = 0                    # back (or the fault began); one counter orders both
 
 
 class FaultProxy:
-    """Forwards HTTP to a real upstream registry, applying the rules added with ``add``."""
+    """Forwards HTTP to a real upstream registry, applying the rules added with ``add``.
+
+    Actions (``add(action, method, path_regex, times=…, nth=…, …)``):
+
+    - ``status``: answer ``status`` with ``headers``/``body`` instead of forwarding;
+    - ``cut``: forward, then send the headers and ``after`` bytes of the body and close cleanly;
+    - ``reset``: the same, but end with a TCP reset (``SO_LINGER`` 0) instead of a clean close;
+    - ``reset_request``: read ``after`` bytes of the request body, then reset the connection;
+      the registry sees nothing, or, with ``forward``, a request whose body breaks off there;
+    - ``stall``: answer nothing for ``seconds`` (with ``forward`` the registry did the work),
+      then reset; ``stall_body``: forward, send the headers and ``after`` body bytes, then stall;
+    - ``delay``: wait ``seconds``, then forward as usual (a slow but working registry);
+    - ``corrupt``, ``redirect``, ``strip_range``, ``relative_location``, ``paginate_tags``.
+
+    Every request is logged as a :class:`Seen` with ``start``/``end`` sequence numbers, so tests
+    can prove one request was answered before another was sent. ``stop()`` ends every stall.
+    """
 
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream
@@ -325,6 +353,8 @@ class FaultProxy:
         self.log: list[Seen] = []
         self.upstream_auth: str | None = None   # Authorization for redirected ("storage") requests
         self._lock = threading.Lock()
+        self._seq = itertools.count(1)
+        self._stopped = threading.Event()
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -393,10 +423,46 @@ class FaultProxy:
         finally:
             c.close()
 
+    def _tick(self) -> int:
+        with self._lock:
+            return next(self._seq)
+
+    @staticmethod
+    def _reset(h: BaseHTTPRequestHandler) -> None:
+        """Drop the client connection with a TCP RST (SO_LINGER 0), not a clean FIN."""
+        h.close_connection = True
+        try:
+            h.wfile.flush()
+        except OSError:
+            pass
+        try:
+            h.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+        h.connection.close()       # the RST goes out when the handler's files are closed too
+
+    def _forward_partial(self, method: str, path: str, headers: dict[str, str], part: bytes) -> int:
+        """Send the registry a request whose body breaks off after ``part`` (the declared
+        Content-Length is kept), end our side, and wait for its answer; returns its status."""
+        lines = [f"{method} {path} HTTP/1.1", "Connection: close"]
+        lines += [f"{k}: {v}" for k, v in headers.items() if k.lower() != "connection"]
+        host, _, port = self.upstream.rpartition(":")
+        answer = b""
+        with socket.create_connection((host, int(port)), timeout=30) as s:
+            s.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + part)
+            s.shutdown(socket.SHUT_WR)
+            try:
+                while chunk := s.recv(65536):
+                    answer += chunk
+            except OSError:
+                pass
+        m = re.match(rb"HTTP/1\.[01] (\d{3})", answer)
+        return int(m.group(1)) if m else 0
+
     def _handle(self, h: BaseHTTPRequestHandler) -> None:
         method, path = h.command, h.path
+        start = self._tick()
         n = int(h.headers.get("Content-Length") or 0)
-        body = h.rfile.read(n) if n else None
         host = h.headers.get("Host", "")
         redirected = host.startswith("localhost")
         rule = self._match(method, path, redirected)
@@ -404,10 +470,31 @@ class FaultProxy:
         status = 0
 
         def record() -> None:
+            end = self._tick()
             with self._lock:
                 self.log.append(Seen(method, path, host, h.headers.get("Authorization", ""),
-                                     h.headers.get("Range", ""), status, action))
+                                     h.headers.get("Range", ""), status, action, start, end))
 
+        fwd = {k: v for k, v in h.headers.items() if k.lower() not in _HOP}
+        if redirected and self.upstream_auth:
+            fwd["Authorization"] = self.upstream_auth
+        if rule and rule.action == "reset_request":
+            part = h.rfile.read(min(rule.after, n)) if n else b""
+            if rule.forward:
+                status = self._forward_partial(method, path, fwd, part)
+            record()
+            self._reset(h)
+            return
+        body = h.rfile.read(n) if n else None
+        if rule and rule.action == "delay":
+            self._stopped.wait(rule.seconds)
+        if rule and rule.action == "stall":
+            if rule.forward:
+                status = self._upstream(method, path, fwd, body)[0]
+            record()
+            self._stopped.wait(rule.seconds)
+            self._reset(h)
+            return
         if rule and rule.action == "status":
             status = rule.status
             record()
@@ -418,9 +505,6 @@ class FaultProxy:
             record()
             self._send(h, 307, [("Location", f"http://localhost:{self.port}{path}")], b"")
             return
-        fwd = {k: v for k, v in h.headers.items() if k.lower() not in _HOP}
-        if redirected and self.upstream_auth:
-            fwd["Authorization"] = self.upstream_auth
         if rule and rule.action == "strip_range":
             fwd = {k: v for k, v in fwd.items() if k.lower() != "range"}
         if rule and rule.action == "paginate_tags":
@@ -440,7 +524,7 @@ class FaultProxy:
         if rule and rule.action == "corrupt" and data:
             i = len(data) // 2
             data = data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1:]
-        if rule and rule.action == "cut":
+        if rule and rule.action in ("cut", "reset", "stall_body"):
             h.send_response(status)
             for k, v in out:
                 h.send_header(k, v)
@@ -448,6 +532,13 @@ class FaultProxy:
             h.end_headers()
             h.wfile.write(data[:rule.after])
             h.wfile.flush()
+            if rule.action == "stall_body":
+                self._stopped.wait(rule.seconds)
+            elif rule.action == "reset":
+                time.sleep(0.05)       # let the bytes arrive: a reset can discard unread data
+            if rule.action in ("reset", "stall_body"):
+                self._reset(h)
+                return
             h.close_connection = True
             try:
                 h.connection.shutdown(socket.SHUT_RDWR)
@@ -477,6 +568,7 @@ class FaultProxy:
         return 200, out, json.dumps({"name": obj.get("name"), "tags": tags}).encode()
 
     def stop(self) -> None:
+        self._stopped.set()          # ends every stall
         self._httpd.shutdown()
         self._httpd.server_close()
 
