@@ -319,6 +319,14 @@ class Pybuild:
         return self.argv(store, "pull", ref, **kw)
 
 
+class PybuildVfs(Pybuild):
+    """pybuild with the copy (vfs) snapshotter for RUN steps: what the fallback costs."""
+    name = "pybuild-vfs"
+
+    def build(self, store: Path, tag: str, ctx: Path, **kw: Any) -> list[str]:
+        return self.argv(store, "build", "--storage-driver", "vfs", "-t", tag, "--progress", "plain", str(ctx), **kw)
+
+
 class Buildah:
     name = "buildah"
 
@@ -392,6 +400,8 @@ def main() -> int:
     ap.add_argument("--storage-driver", default="auto", choices=["auto", "overlay", "vfs"],
                     help="buildah storage driver (default: overlay when it works, else vfs)")
     ap.add_argument("--no-rss", action="store_true", help="skip the peak-RSS run")
+    ap.add_argument("--no-vfs", dest="vfs", action="store_false",
+                    help="skip the pybuild --storage-driver vfs column (cold, noop, onefile)")
     ap.add_argument("--rates", action="store_true", help="also measure raw rates (bench/rates.py) into the JSON")
     a = ap.parse_args()
 
@@ -418,8 +428,9 @@ def main() -> int:
     tmp = work / "tmp"
     tmp.mkdir(exist_ok=True)
     env = {**os.environ, "CONTAINERS_REGISTRIES_CONF": str(work / "registries.conf"), "TMPDIR": str(tmp)}
-    for k in ("PYBUILD_ROOT", "BUILDAH_LAYERS", "BUILDAH_FORMAT", "BUILDAH_ISOLATION", "SOURCE_DATE_EPOCH"):
-        env.pop(k, None)
+    for k in ("PYBUILD_ROOT", "BUILDAH_LAYERS", "BUILDAH_FORMAT", "BUILDAH_ISOLATION", "SOURCE_DATE_EPOCH",
+              "PYTHONDONTWRITEBYTECODE"):
+        env.pop(k, None)  # an installed pybuild has its byte code compiled: so does the one under test
     pb_argv = [a.pybuild]
     rev_sha = ""
     if a.rev:
@@ -429,6 +440,9 @@ def main() -> int:
         lib = make_snapshot(rev_sha, work / "snapshot", python)
         env["PYTHONPATH"] = str(lib)
         pb_argv = [python, "-P", "-m", "pybuild"]
+    else:
+        subprocess.run([python, "-m", "compileall", "-q", *(str(REPO / d) for d in ("pybuild", "builder", "store",
+                                                                                     "registry"))], check=False)
     runner = Runner(logs, env, work)
     registries: list[Registry] = []
     log(f"scratch dir: {work}")
@@ -470,10 +484,12 @@ def main() -> int:
         log(f"buildah storage driver: {driver}")
         pb = Pybuild(pb_argv, python, work / "pb")
         bh = Buildah(work / "bh", driver)
-        tools = [pb, bh]
+        tools: list[Any] = [pb, bh]
+        pbv = PybuildVfs(pb_argv, python, work / "pbv")
+        build_tools: list[Any] = [pb, pbv, bh] if a.vfs else tools  # cold, noop, onefile
 
         samples: dict[str, dict[str, dict[str, list[Any]]]] = {
-            w: {ph: {"pybuild": [], "buildah": []} for ph in PHASES} for w in workloads}
+            w: {ph: {t.name: [] for t in build_tools} for ph in PHASES} for w in workloads}
         sizes: dict[str, dict[str, int]] = {w: {} for w in workloads}
 
         def record(w: str, ph: str, tool: str, steps: list[dict[str, Any]]) -> None:
@@ -493,13 +509,15 @@ def main() -> int:
                 target = Registry(work / f"registry-r{rnd}-{w}")
                 registries.append(target)
                 write_registries_conf([base_reg.host, target.host])
-                stores = {pb.name: work / f"pb-r{rnd}-{w}", bh.name: work / f"bh-r{rnd}-{w}"}
+                stores = {pb.name: work / f"pb-r{rnd}-{w}", bh.name: work / f"bh-r{rnd}-{w}",
+                          pbv.name: work / f"pbv-r{rnd}-{w}"}
                 pulls = {pb.name: work / f"pb-r{rnd}-{w}-pull", bh.name: work / f"bh-r{rnd}-{w}-pull"}
                 for t in tools:
                     rmtree(stores[t.name])
                     rmtree(pulls[t.name])
+                rmtree(stores[pbv.name])
                 # cold: empty store, build with no cache, export an OCI archive
-                for t in tools:
+                for t in build_tools:
                     out = work / f"{t.name}-{w}.oci.tar"
                     out.unlink(missing_ok=True)
                     s1 = runner.run(t.build(stores[t.name], tag, ctx), f"{t.name}-{w}-cold-build", check=False)
@@ -510,13 +528,13 @@ def main() -> int:
                         sizes[w][t.name] = out.stat().st_size
                         out.unlink()
                 # noop: rebuild, nothing changed
-                for t in tools:
+                for t in build_tools:
                     record(w, "noop", t.name, [runner.run(t.build(stores[t.name], tag, ctx), f"{t.name}-{w}-noop",
                                                           check=False)])
                 # onefile: one byte of one copied file changed, rebuild; then restore (untimed rebuild)
                 target_file = onefile_target(ctx, w)
                 if target_file is not None:
-                    for t in tools:
+                    for t in build_tools:
                         undo = flip_byte(target_file)
                         try:
                             record(w, "onefile", t.name, [runner.run(t.build(stores[t.name], tag, ctx),
@@ -537,6 +555,7 @@ def main() -> int:
                 registries.remove(target)
                 rmtree(target.dir)
                 rmtree(stores[pb.name])
+                rmtree(stores[pbv.name])
                 rmtree(pulls[pb.name])
                 bh.cleanup(stores[bh.name], runner)
                 bh.cleanup(pulls[bh.name], runner)
@@ -669,7 +688,10 @@ def summarize(samples: dict[str, Any], workloads: list[str], a: argparse.Namespa
             bm = median([x["wall"] for x in s["buildah"]])
             target = DEEP_COLD_TARGET if (w == "deep" and ph == "cold") else TARGETS[ph]
             ratio = pm / bm if pm is not None and bm else None
+            vs = s.get("pybuild-vfs") or []
+            vm = median([x["wall"] for x in vs]) if vs else None
             rows.append({"workload": w, "phase": ph, "applies": True,
+                         "pybuild_vfs_median_s": vm, "pybuild_vfs_ratio": vm / bm if vm is not None and bm else None,
                          "pybuild_median_s": pm, "buildah_median_s": bm, "ratio": ratio, "target": target,
                          "met": (ratio is not None and ratio <= target),
                          "pybuild_cpu_median_s": median([x["cpu"] for x in s["pybuild"]]),
@@ -703,15 +725,18 @@ def render(rep: dict[str, Any]) -> str:
            f"{m.get('buildah')} (storage driver {c['buildah_storage_driver']}, isolation chroot); "
            f"pybuild {m.get('pybuild_git')}; scale {c['scale']}, {c['rounds']} round(s), medians of wall seconds",
            "",
-           f"{'workload':11s} {'phase':8s} {'pybuild':>9s} {'buildah':>9s} {'ratio':>7s} {'target':>7s}  met",
-           "-" * 60]
+           f"{'workload':11s} {'phase':8s} {'pybuild':>9s} {'buildah':>9s} {'ratio':>7s} {'target':>7s}  met"
+           f"  {'pb-vfs':>8s} {'vfs/bh':>7s}",
+           "-" * 78]
     for r in rep["rows"]:
         if not r["applies"]:
             out.append(f"{r['workload']:11s} {r['phase']:8s} {'—':>9s} {'—':>9s} {'—':>7s} {'':>7s}  n/a")
             continue
         f = lambda v, d=2: "FAIL" if v is None else f"{v:.{d}f}"  # noqa: E731
+        vfs = (f"  {f(r['pybuild_vfs_median_s']):>8s} {f(r['pybuild_vfs_ratio'], 3):>7s}"
+               if r.get("pybuild_vfs_median_s") is not None else "")
         out.append(f"{r['workload']:11s} {r['phase']:8s} {f(r['pybuild_median_s']):>9s} {f(r['buildah_median_s']):>9s} "
-                   f"{f(r['ratio'], 3):>7s} {'≤' + str(r['target']):>7s}  {'yes' if r['met'] else 'NO'}")
+                   f"{f(r['ratio'], 3):>7s} {'≤' + str(r['target']):>7s}  {'yes' if r['met'] else 'NO '}{vfs}")
     if rep["peak_rss"]:
         out.append("")
         for w, per in rep["peak_rss"].items():
