@@ -36,8 +36,8 @@ from .remote import download, is_url
 from .cgroups import Limits, sweep_stale
 from .mounts import RunMount, parse_mount
 from .security import SecurityOpts
-from .copy import (CopyItem, ImageFS, LayerPlan, SourceFS, SrcStat, apply_items, parse_chmod, plan_sources,
-                   resolve_owner)
+from .copy import (CopyItem, ImageFS, LayerPlan, SourceFS, SrcStat, apply_items, materialize, parse_chmod,
+                   plan_sources, resolve_owner)
 from .context_fs import DirFS
 from .expand import ExpansionError, env_pairs_expand, expand_heredoc, expand_word, expand_words
 from .explain import Explainer
@@ -247,6 +247,8 @@ class _Builder:
         self.platform = opts.platform
         self.escape = "\\"
         self._driver: str | None = None
+        self.target_index = -1
+        self.snapshot_wanted = True
         self.explain = Explainer(store.metadata_dir, opts, progress)
 
     # -- helpers ---------------------------------------------------------------------------------
@@ -283,7 +285,7 @@ class _Builder:
     def run(self, dockerfile: df.Dockerfile) -> BuildResult:
         self.escape = dockerfile.directives.escape
         global_args = self.eval_global_args(dockerfile)
-        target_index = self.target_index(dockerfile)
+        target_index = self.target_index = self.target_index_of(dockerfile)
         needed = self.needed_stages(dockerfile, target_index, global_args)
         states: dict[int, _State] = {}
         for n, idx in enumerate(needed, 1):
@@ -318,7 +320,7 @@ class _Builder:
                     env.setdefault(name, None)
         return env
 
-    def target_index(self, dockerfile: df.Dockerfile) -> int:
+    def target_index_of(self, dockerfile: df.Dockerfile) -> int:
         if not self.opts.target:
             return len(dockerfile.stages) - 1
         st = dockerfile.stage_named(self.opts.target)
@@ -396,6 +398,9 @@ class _Builder:
                 self.explain.begin(stage, f"{label} ONBUILD {ins.logical}", "ONBUILD trigger", ins, state.key)
                 self.guarded_step(dockerfile, stage, ins, state, states)
         for k, ins in enumerate(stage.instructions, 2):
+            # Will a later step read this one's file system? (another stage always may)
+            self.snapshot_wanted = stage.index != self.target_index or any(
+                isinstance(x, (df.Run, df.Copy, df.Add, df.Workdir)) for x in stage.instructions[k - 1:])
             self.progress.start(f"{label} STEP {k}/{total}:", ins.logical)
             t0 = time.monotonic()
             self.explain.begin(stage, f"{label} STEP {k}/{total}", f"STEP {k}", ins, state.key)
@@ -636,9 +641,12 @@ class _Builder:
         else:
             self.store.snapshots.commit(upper, chain)
 
-    def commit_entries(self, state: _State, entries: list[Entry], canonical: str) -> Digest | None:
+    def commit_entries(self, state: _State, entries: list[Entry], canonical: str,
+                       snapshot: bool = False) -> Digest | None:
         """Write ``entries`` as the step's layer (or record an empty step); returns the new
-        chain id, or None for an empty step. The snapshot is made later, when a step needs it."""
+        chain id, or None for an empty step. With ``snapshot`` (a later step will read this
+        layer) the snapshot is written straight from the entries, not extracted from the blob
+        later; it is the same tree either way."""
         if not entries:
             self.store.cache.put(state.key, CacheRecord())
             state.config = state.config.with_history(History(created=self.created, created_by=canonical,
@@ -649,6 +657,14 @@ class _Builder:
         chain = chain_id([x.diff_id for x in state.layers] + [result.diff_id])
         assert chain is not None
         self.chains.append(chain)
+        if snapshot and not self.store.snapshots.exists(chain):
+            tmp = self.store.snapshots.prepare()
+            try:
+                materialize(entries, tmp, clamp_mtime=self.clamp)
+                self.store.snapshots.commit(tmp, chain)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
         self.store.cache.put(state.key, CacheRecord(result.descriptor, result.diff_id))
         self.add_layer(state, ref, canonical)
         return chain
@@ -723,7 +739,7 @@ class _Builder:
                 owner = None
         plan = LayerPlan(view, owner=owner)
         plan.add([CopyItem(new, SrcStat("dir", 0o755, 0, 0, 0, 0), data=None)])
-        self.commit_entries(state, plan.entries(), canonical)
+        self.commit_entries(state, plan.entries(), canonical, snapshot=self.snapshot_wanted)
         return False
 
     def run_argv(self, ins: df.Run, cc: ContainerConfig, scratch_files: dict[str, bytes]) -> list[str]:
@@ -773,7 +789,7 @@ class _Builder:
         if self.from_cache(state, canonical):
             return True
         from .sandbox import SandboxSpec, cleanup_upper, relink_lower_hardlinks, run_sandboxed
-        from .vfs import diff_into_upper, materialize
+        from .vfs import diff_into_upper, materialize as copy_snapshot
         lower = self.lower_dirs(state)
         snaps = self.store.snapshots
         upper, work = snaps.prepare(), snaps.prepare()
@@ -800,7 +816,7 @@ class _Builder:
             if self.driver() == "vfs":
                 rootfs = scratch / "rootfs"
                 rootfs.mkdir()
-                inodes = materialize(lower, rootfs)
+                inodes = copy_snapshot(lower, rootfs)
             spec = SandboxSpec(lower_dirs=lower, upper=upper, work=work, scratch=scratch / "sb", argv=argv,
                                env=[f"{k}={v}" for k, v in env.items()], cwd=cc.WorkingDir or "/",
                                user=cc.User, hostname="pybuild", network=network, limits=self.opts.limits,
@@ -1052,7 +1068,7 @@ class _Builder:
             plan = LayerPlan(view, owner=owner, keep_owner=keep_owner, chmod=chmod,
                              skip_devices=os.geteuid() != 0 or in_user_namespace())
             plan.add(items)
-            self.commit_entries(state, plan.entries(), canonical)
+            self.commit_entries(state, plan.entries(), canonical, snapshot=self.snapshot_wanted)
         finally:
             for t in tmpdirs:
                 shutil.rmtree(t, ignore_errors=True)

@@ -510,31 +510,50 @@ class LayerPlan:
         return order_hardlinks(out)
 
 
-def materialize(entries: Iterable[Entry], root: Path) -> int:
-    """Write sorted ``entries`` as files under ``root`` (an empty directory); returns the count.
+def materialize(entries: Iterable[Entry], root: Path, clamp_mtime: int | None = None) -> int:
+    """Write sorted ``entries`` as files under ``root`` (an empty directory we made); returns
+    the count. The result is what extracting the same entries' layer gives (mtimes clamped to
+    ``clamp_mtime`` as the layer writer clamps them), so it can serve as the layer's snapshot.
 
     Directory metadata is applied last, so their mtimes stay as given. Device nodes that cannot
-    be made (no CAP_MKNOD) are left out.
+    be made (no CAP_MKNOD) are left out. Every parent is a directory this call made: entries
+    come from a LayerPlan, whose parents are always directories.
     """
     dirs: list[tuple[Path, Entry]] = []
     n = 0
     for e in entries:
+        if clamp_mtime is not None and e.mtime > clamp_mtime:
+            e = replace(e, mtime=clamp_mtime)
         target = root / e.path
         if e.type == "dir":
             os.makedirs(target, exist_ok=True)
             dirs.append((target, e))
             n += 1
             continue
-        target.parent.mkdir(parents=True, exist_ok=True)
         if e.type == "file":
             assert e.open is not None
-            with e.open() as src, open(target, "xb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
-        elif e.type == "hardlink":
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            try:
+                with e.open() as src:
+                    left = e.size
+                    while left > 0:
+                        chunk = src.read(min(left, 1 << 20))
+                        if not chunk:
+                            break
+                        os.write(fd, chunk)
+                        left -= len(chunk)
+                os.fchown(fd, e.uid, e.gid)
+                os.fchmod(fd, e.mode)
+                os.utime(fd, (e.mtime, e.mtime))
+            finally:
+                os.close(fd)
+            n += 1
+            continue
+        if e.type == "hardlink":
             os.link(root / e.linkname, target)
             n += 1
             continue
-        elif e.type == "symlink":
+        if e.type == "symlink":
             os.symlink(e.linkname, target)
         elif e.type in ("char", "block"):
             try:

@@ -273,3 +273,53 @@ def test_auto_progress_is_live_on_a_tty_and_plain_otherwise(pb_busybox: PB, tmp_
     assert "COPY a.txt ./  DONE" in out and "--> sha256:" in out
     plain = pb_busybox.run("build", "-t", "tty", str(ctx)).out  # stdout is a pipe: plain log
     assert "\x1b" not in plain and "STEP 2/7: CACHED" in plain
+
+
+def _tree(root: Path) -> dict[str, tuple]:
+    """Everything a RUN step could observe of a snapshot dir: type, mode, owner, mtime, size,
+    content, link target, and which names share an inode."""
+    out: dict[str, tuple] = {}
+    inodes: dict[int, str] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in sorted(dirnames + filenames):
+            p = Path(dirpath, name)
+            st = p.lstat()
+            rel = str(p.relative_to(root))
+            body = p.read_bytes() if p.is_file() and not p.is_symlink() else b""
+            link = os.readlink(p) if p.is_symlink() else ""
+            first = inodes.setdefault(st.st_ino, rel) if st.st_nlink > 1 and not p.is_dir() else ""
+            out[rel] = (st.st_mode, st.st_uid, st.st_gid, int(st.st_mtime), st.st_size, body, link, first)
+    return out
+
+
+@pytest.mark.parametrize("epoch", [None, "1700000000"])
+def test_copy_snapshot_written_from_entries_equals_the_extracted_layer(busybox_tar: Path, tmp_path: Path,
+                                                                       epoch: str | None) -> None:
+    """A COPY layer's snapshot is written straight from its sources when a later step needs
+    it; a RUN must see exactly what extracting the layer blob (as another store would) gives."""
+    from pybuild.oci import chain_ids
+    from pybuild.store.layers import extract_verified
+    ctx = tmp_path / "ctx"
+    (ctx / "d/e/empty").mkdir(parents=True)
+    (ctx / "d/x.sh").write_text("#!/bin/sh\n")
+    os.chmod(ctx / "d/x.sh", 0o4755)
+    (ctx / "d/e/big").write_bytes(os.urandom(3 << 20))
+    os.link(ctx / "d/e/big", ctx / "d/e/big2")
+    (ctx / "d/link").symlink_to("x.sh")
+    os.utime(ctx / "d/x.sh", (1e9, 1e9))
+    (ctx / "Dockerfile").write_text("FROM busybox\nCOPY --chown=7:8 d/ /srv/d/\nCOPY --chmod=0640 d/x.sh /etc/\n"
+                                    "RUN ls -l /srv/d > /listing\n")
+    pb = PB(tmp_path / "s")
+    pb.run("import", str(busybox_tar), "busybox")
+    env = {**os.environ, **({"SOURCE_DATE_EPOCH": epoch} if epoch else {})}
+    pb.run("build", "-t", "app", str(ctx), env=env)
+    store = Store(pb.root)
+    img = store.load(store.resolve("app")[1])
+    chains = chain_ids(list(img.config.diff_ids))
+    for i in (1, 2):  # the two COPY layers
+        made = store.snapshots.path(chains[i])
+        assert made.is_dir()
+        fresh = tmp_path / f"extracted-{i}"
+        fresh.mkdir()
+        extract_verified(store.content, img.manifest.layers[i], img.config.diff_ids[i], fresh, mode="overlay")
+        assert _tree(made) == _tree(fresh)
