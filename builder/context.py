@@ -610,6 +610,8 @@ class StatCache:
         self.timeout = timeout
         self._conn: sqlite3.Connection | None = None
         self._pending: dict[str, tuple[StatKey, str]] = {}
+        self._preloaded: dict[bytes, tuple[tuple[int, ...], str]] | None = None
+        self._preload_prefix = b""
         self._lock = threading.RLock()
 
     # -- connection --------------------------------------------------------------------------
@@ -644,6 +646,21 @@ class StatCache:
         return conn
 
     # -- API ---------------------------------------------------------------------------------
+    def preload(self, prefix: str) -> None:
+        """Read every entry under the directory ``prefix`` in one query, so that :meth:`get`
+        for those paths needs no query of its own. Best effort: a busy database is skipped."""
+        lo = os.fsencode(prefix.rstrip("/") + "/")
+        hi = lo[:-1] + b"0"  # "/" + 1: the end of the key range
+        with self._lock:
+            try:
+                rows = self._connect().execute(
+                    "SELECT path, dev, ino, size, mtime_ns, ctime_ns, digest FROM statcache"
+                    " WHERE path >= ? AND path < ?", (lo, hi)).fetchall()
+            except sqlite3.Error:
+                return
+            self._preloaded = {bytes(r[0]): ((r[1], r[2], r[3], r[4], r[5]), r[6]) for r in rows}
+            self._preload_prefix = lo
+
     def get(self, key: StatKey) -> str | None:
         """The digest stored for exactly this ``key``, else None.
 
@@ -653,6 +670,14 @@ class StatCache:
             pending = self._pending.get(key.path)
             if pending is not None:
                 return pending[1] if pending[0] == key else None
+            path = os.fsencode(key.path)
+            if self._preloaded is not None and path.startswith(self._preload_prefix):
+                hit = self._preloaded.get(path)
+                want = (_i64(key.dev), _i64(key.ino), key.size, key.mtime_ns, key.ctime_ns)
+                if hit is None or hit[0] != want or not isinstance(hit[1], str) \
+                        or not _DIGEST_RE.fullmatch(hit[1]):
+                    return None
+                return hit[1]
             conn = self._connect()
             try:
                 row = conn.execute(
@@ -1150,6 +1175,7 @@ class BuildContext:
         self._root_entry: ContextEntry | None = None
         self._digests: dict[str, str] = {}
         self._resolved: dict[tuple[str, bool], str] = {}
+        self._cache_preloaded = False
         self._dir_fds: OrderedDict[str, int] = OrderedDict()
         self.hashed_files = 0
         self.hashed_bytes = 0
@@ -1517,6 +1543,9 @@ class BuildContext:
                             f"({entry.type.value})")
         cache = self.stat_cache if self.kind is ContextKind.DIR else None
         if cache is not None:
+            if not self._cache_preloaded:
+                self._cache_preloaded = True
+                cache.preload(os.fspath(self.root))  # one query for the whole context
             key = StatKey(self._abs(resolved), entry.dev, entry.inode, entry.size,
                           entry.mtime_ns, entry.ctime_ns)
             hit = cache.get(key)
