@@ -39,11 +39,8 @@ _TRANSFER_PROGRESS_HELP = ("Progress on stderr: auto = live bars on a terminal, 
 
 
 def _human_size(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.3g}{unit}"
-        n /= 1000
-    return f"{n}"
+    from pybuild.progress import human_size  # one definition, imported only when printing sizes
+    return human_size(n)
 
 
 def _human_age(created: str) -> str:

@@ -239,34 +239,8 @@ class StackView:
     def listdir(self, path: str) -> list[str]:
         """Merged directory listing (sorted), honouring whiteouts and opaque directories — an
         opaque ancestor hides the lower layers' copies of everything below it, too."""
-        parts = self._parts(self.resolve(path))
-        names: dict[str, bool] = {}
-        for d in self.top_first:
-            cur, last = d, False
-            present = True
-            for part in parts:
-                cur = cur / part
-                try:
-                    st = os.lstat(cur)
-                except (FileNotFoundError, NotADirectoryError):
-                    present = False
-                    break
-                if not stat.S_ISDIR(st.st_mode):
-                    return sorted(n for n, wh in names.items() if not wh)  # hidden below this layer
-                if is_opaque(cur):
-                    last = True
-            if present:
-                if not parts and not d.is_dir():
-                    continue
-                with os.scandir(cur) as it:
-                    for e in it:
-                        if e.name not in names:
-                            names[e.name] = is_whiteout(e.stat(follow_symlinks=False))
-                if is_opaque(cur) and parts:
-                    last = True
-            if last:
-                break
-        return sorted(n for n, wh in names.items() if not wh)
+        parts = tuple(self._parts(self.resolve(path)))
+        return sorted(n for n, found in self.children_of(parts).items() if found is not None)
 
     def read_bytes(self, path: str, limit: int = 16 << 20) -> bytes | None:
         """Content of a regular file (following symlinks), or None when absent / not a file."""
