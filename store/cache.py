@@ -69,9 +69,19 @@ class BuildCache:
     def link(self, manifest: Digest, keys: Iterable[str], chains: Iterable[Digest] = ()) -> None:
         """Record that the image ``manifest`` was built with these step keys, and which snapshots
         (chain ids, of every stage) the build produced."""
+        path = self.links / f"{manifest.hex}.json"
+        new_keys, new_chains = set(keys), {c.hex for c in chains}
+        try:
+            old = json.loads(path.read_bytes())
+            old_keys, old_chains = set(old["keys"]), set(old["chains"])
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            old_keys, old_chains = set(), set()
+        # The same image built again (a no-op rebuild makes no snapshot): keep what is known.
+        if new_keys <= old_keys and new_chains <= old_chains:
+            return
         self.links.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.links / f"{manifest.hex}.json",
-                     canonical_json({"keys": sorted(set(keys)), "chains": sorted({c.hex for c in chains})}))
+        atomic_write(path, canonical_json({"keys": sorted(new_keys | old_keys),
+                                           "chains": sorted(new_chains | old_chains)}))
 
     def _linked(self, tagged: set[Digest], field: str) -> set[str]:
         out: set[str] = set()

@@ -67,10 +67,13 @@ class TagIndex:
                                                 "manifests": manifests}))
 
     def update(self, fn: Callable[[list[TagEntry]], list[TagEntry]]) -> list[TagEntry]:
-        """Apply ``fn`` to the entries under the lock and write the result atomically."""
+        """Apply ``fn`` to the entries under the lock and write the result atomically (nothing
+        is written when the entries did not change)."""
         with file_lock(self.lock_path):
-            new = fn(self.read())
-            self._write(new)
+            old = self.read()
+            new = fn(list(old))
+            if new != old:
+                self._write(new)
             return new
 
     def set(self, name: str, desc: Descriptor) -> None:
@@ -81,6 +84,8 @@ class TagIndex:
         def fn(entries: list[TagEntry]) -> list[TagEntry]:
             kept = [e for e in entries
                     if e.name != name and not (e.name is None and e.descriptor.digest == desc.digest)]
+            if len(kept) == len(entries) - 1 and TagEntry(name, desc) in entries:
+                return entries  # already so: keep the order, write nothing
             return kept + [TagEntry(name, desc)]
         self.update(fn)
 

@@ -73,10 +73,17 @@ def test_rebuild_is_all_cached_and_writes_no_blob(pb_busybox: PB, tmp_path: Path
     first = pb_busybox.run("build", "--progress", "plain", "-t", "app", str(ctx)).out
     assert any(r == "DONE" for _, r in steps(first) if "STEP 1/" not in _)
     before = blobs(pb_busybox.root)
+
+    def written() -> dict[str, tuple[int, int]]:
+        """(inode, mtime) of index.json and the build's cache links: rewriting changes both."""
+        files = [pb_busybox.root / "index.json", *(pb_busybox.root / "metadata/cache/images").iterdir()]
+        return {str(f): (f.stat().st_ino, f.stat().st_mtime_ns) for f in files}
+    meta = written()
     second = pb_busybox.run("build", "--progress", "plain", "-t", "app", str(ctx)).out
     done = [s for s in steps(second) if "STEP 1/" not in s[0]]  # FROM lines are not cache steps
     assert done and all(r == "CACHED" for _, r in done), second
     assert blobs(pb_busybox.root) == before
+    assert written() == meta  # nothing rewritten: no index.json, no cache link, no fsync
 
 
 def test_one_changed_file_invalidates_exactly_its_step_and_later(pb_busybox: PB, tmp_path: Path) -> None:
