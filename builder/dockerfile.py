@@ -969,7 +969,7 @@ def _build(logical: _Logical, file: str, escape: str) -> Instruction:
         near = _nearest(ctx.cmd, INSTRUCTIONS)
         hint = (f"did you mean {near}?" if near else
                 "if this line belongs to the previous instruction, end that line with "
-                f"{escape!r}; instructions are {', '.join(sorted(INSTRUCTIONS))}")
+                f"'{escape}'; instructions are {', '.join(sorted(INSTRUCTIONS))}")
         raise ctx.error(f"unknown instruction: {ctx.keyword}", hint)
     return builder(ctx)
 

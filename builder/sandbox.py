@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from pybuild.errors import BuildError
+from pybuild.errors import BuildError, UserError
 from pybuild.store.snapshots import StackView, is_opaque
 
 from pybuild.userns import in_user_namespace
@@ -120,8 +120,25 @@ def _ifup_lo() -> None:
         s.close()
 
 
+class _UnknownUser(LookupError):
+    """A user or group name that the image's /etc/passwd or /etc/group does not list."""
+
+    def __init__(self, kind: str, name: str) -> None:
+        db = "/etc/passwd" if kind == "user" else "/etc/group"
+        super().__init__(f"unable to find {kind} \"{name}\": no matching entries in the image's {db}")
+        self.kind = kind
+
+
+_USER_LOOKUP = "user lookup: "  # the prefix of an _UnknownUser report from the sandbox
+_USER_HINTS = {
+    "user": "create the user first (RUN adduser … in a step before USER) or use a numeric uid (USER 1000)",
+    "group": "create the group first (RUN addgroup … in a step before USER) or use a numeric gid (USER name:1000)",
+}
+
+
 def _lookup_user(spec: str) -> tuple[int, int, list[int], str]:
-    """uid, gid, supplementary groups and home for ``user[:group]`` from the (new) root's files."""
+    """uid, gid, supplementary groups and home for ``user[:group]`` from the (new) root's files.
+    A name the files do not list raises _UnknownUser; a number needs no entry (as in docker)."""
     user, _, group = spec.partition(":")
     passwd = _read_db("/etc/passwd")
     groups = _read_db("/etc/group")
@@ -140,14 +157,14 @@ def _lookup_user(spec: str) -> tuple[int, int, list[int], str]:
             f = passwd[user]
             name, uid, gid, home = user, int(f[2]), int(f[3]), _home(f)
         else:
-            raise OSError(errno.ENOENT, f"unable to find user {user}: no matching entries in passwd file")
+            raise _UnknownUser("user", user)
     if group:
         if group.isdigit():
             gid = int(group)
         elif group in groups:
             gid = int(groups[group][2])
         else:
-            raise OSError(errno.ENOENT, f"unable to find group {group}: no matching entries in group file")
+            raise _UnknownUser("group", group)
     members = {int(f[2]) for f in groups.values() if name and len(f) > 3 and name in f[3].split(",")}
     return uid, gid, [gid] + sorted(members - {gid}), home  # the primary group first, as docker
 
@@ -383,8 +400,9 @@ def _child_b(spec: SandboxSpec, links: Path, err_w: int, sec: Prepared) -> int:
 
 def run_sandboxed(spec: SandboxSpec, on_output: Callable[[bytes], None] | None = None) -> SandboxResult:
     """Run ``spec.argv`` in the sandbox; stream its stdout+stderr to ``on_output`` (or inherit
-    the terminal when None). Returns the exit status. Raises BuildError when the sandbox cannot
-    be set up (with the reason)."""
+    the terminal when None). Returns the exit status. Raises UserError when the user or group to
+    run as is a name the image does not list, BuildError when the sandbox cannot be set up (with
+    the reason)."""
     if spec.targets is None:
         spec = dataclasses.replace(spec, targets=mount_targets(spec.lower_dirs))
     view = StackView(spec.lower_dirs)
@@ -424,6 +442,9 @@ def run_sandboxed(spec: SandboxSpec, on_output: Callable[[bytes], None] | None =
                 if bpid == 0:
                     try:
                         code = _child_b(spec, links, err_w, sec)
+                    except _UnknownUser as e:
+                        os.write(err_w, f"{_USER_LOOKUP}{e.kind}:{e}".encode())
+                        code = 125
                     except BaseException as e:  # noqa: BLE001 - report anything, then exit
                         os.write(err_w, f"sandbox setup: {e}".encode())
                         code = 125
@@ -450,6 +471,9 @@ def run_sandboxed(spec: SandboxSpec, on_output: Callable[[bytes], None] | None =
             err += chunk
         text = err.decode(errors="replace")
         oom = cg.oom_killed() if cg else False
+        if text.startswith(_USER_LOOKUP):
+            kind, _, message = text[len(_USER_LOOKUP):].partition(":")
+            raise UserError(message, hint=_USER_HINTS.get(kind))
         if text.startswith("sandbox setup:"):
             raise BuildError(text, hint="RUN needs root (or user namespaces), overlayfs and cgroups")
         return SandboxResult(code, oom, text)

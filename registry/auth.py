@@ -5,6 +5,9 @@ The loop (as httpx/pip and docker do it): send the request; on ``401`` read ``WW
 to the realm when we have them) and resend; ``Basic`` → resend with the credentials. Tokens are
 cached per scope until shortly before ``expires_in`` ends; a ``401`` with
 ``error="insufficient_scope"`` asks for the union of the scope held and the scope demanded.
+A token request that is refused at the TCP level, reset, timed out or answered 408/429/5xx is
+retried like a registry request (``retry.py``: the client's RetryPolicy and timeouts), then
+fails as a :class:`TokenServiceError` naming the token service, not as an auth error.
 
 Credentials are only ever attached to requests for the registry's own API host: requests strips
 ``Authorization`` when a redirect leaves the host (blob downloads redirected to storage), and the
@@ -24,7 +27,7 @@ import shutil
 import subprocess
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
@@ -32,17 +35,26 @@ from urllib.parse import urlsplit
 import requests
 from requests.auth import AuthBase
 
-from pybuild.errors import UserError
+from pybuild.errors import RegistryError, UserError
 
 from .errors import RegistryAuthError
+from .retry import RETRY_STATUSES, TIMEOUT_ENV, TRANSIENT, Attempts, RetryPolicy, broken, could_not_connect, \
+    reason, retry_after, timed_out, unresolvable
 
 __all__ = ["Credentials", "RegistryAuth", "Challenge", "parse_challenges", "load_credentials",
-           "save_login", "docker_config_path", "config_key", "Scope"]
+           "save_login", "docker_config_path", "config_key", "Scope", "TokenServiceError"]
 
 DOCKER_HUB_CONFIG_KEY = "https://index.docker.io/v1/"
 _HUB_NAMES = {"docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"}
 _DEFAULT_EXPIRES = 60            # seconds; the token spec's default for a missing expires_in
 _HELPER_TIMEOUT = 30
+
+
+class TokenServiceError(RegistryError):
+    """The registry's token service could not be reached or kept failing (refused, reset,
+    timed out, 429/5xx), after the same retries as a registry request. Not an auth error: the
+    credentials were never judged. Deliberately no RegistryUnavailable, whose handlers retry the
+    whole request (and with it this token fetch's own retries)."""
 
 
 @dataclass(frozen=True)
@@ -286,6 +298,7 @@ class _Token:
     value: str
     scope: Scope
     expires: float          # on the auth's clock
+    fetched: float = field(default_factory=time.monotonic)
 
 
 # -- the AuthBase ------------------------------------------------------------------------------
@@ -295,7 +308,9 @@ class RegistryAuth(AuthBase):
     ``api_netloc`` is the ``host:port`` requests go to; challenges from any other host are
     ignored and no credential is attached to requests for other hosts. ``credentials`` is used
     when given; otherwise ``loader()`` is called (once, lazily, on the first challenge).
-    ``token_session`` fetches tokens (its ``verify`` should follow the transport policy).
+    ``token_session`` fetches tokens (its ``verify`` should follow the transport policy), with
+    ``timeout`` (connect, read) and the retries of ``retry`` (waiting with ``sleep``) on refused,
+    reset or timed-out connections and 408/429/5xx answers, as registry requests get them.
     Thread-safe: one instance serves a client's parallel blob transfers.
 
     ``stats`` counts ``token_requests`` and ``challenges`` (for tests and debugging).
@@ -304,6 +319,7 @@ class RegistryAuth(AuthBase):
     def __init__(self, registry: str, api_netloc: str, *, credentials: Credentials | None = None,
                  loader: Callable[[], Credentials | None] | None = None,
                  token_session: requests.Session | None = None, timeout: tuple[float, float] = (10, 60),
+                 retry: RetryPolicy | None = None, sleep: Callable[[float], None] = time.sleep,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.registry = registry
         self.api_netloc = api_netloc.lower()
@@ -311,9 +327,13 @@ class RegistryAuth(AuthBase):
         self._loader = loader if credentials is None else None
         self._token_session = token_session
         self._timeout = timeout
+        self._retry = retry or RetryPolicy()
+        self._sleep = sleep
         self._clock = clock
         self._lock = threading.RLock()
         self._tokens: dict[tuple[str, str, str], _Token] = {}
+        self._failed: dict[tuple[str, str, str], tuple[float, TokenServiceError]] = {}
+        self._fetching: dict[tuple[str, str, str], threading.Lock] = {}
         self._latest: _Token | None = None
         self._basic = False
         self.stats = {"token_requests": 0, "challenges": 0}
@@ -419,17 +439,42 @@ class RegistryAuth(AuthBase):
     # -- tokens --------------------------------------------------------------------------------
     def token(self, realm: str, service: str, scope: Scope, *, fresh: bool = False) -> _Token:
         """A token for ``scope`` from ``realm`` (cached until shortly before it expires, unless
-        ``fresh``). Raises RegistryAuthError when the token server refuses or answers nonsense.
+        ``fresh``). Raises RegistryAuthError when the token server refuses or answers nonsense,
+        TokenServiceError when it cannot be reached or keeps failing.
+
+        One fetch per key at a time, outside the main lock (requests that hold a token go on
+        meanwhile). A caller that waited while another fetch of the same key ran gets that
+        fetch's token, or its TokenServiceError: the retries are spent once, not once per
+        parallel transfer.
         """
         key = (realm, service, str(scope))
+        asked = time.monotonic()
         with self._lock:
             tok = self._tokens.get(key)
             if not fresh and tok is not None and tok.expires > self._clock():
                 self._latest = tok
                 return tok
-            tok = self._fetch_token(realm, service, scope)
-            self._tokens[key] = tok
-            self._latest = tok
+            fetching = self._fetching.setdefault(key, threading.Lock())
+        with fetching:
+            with self._lock:
+                tok = self._tokens.get(key)
+                if tok is not None and tok.expires > self._clock() and (not fresh or tok.fetched >= asked):
+                    self._latest = tok
+                    return tok
+                failed = self._failed.get(key)
+                if failed is not None and failed[0] >= asked:
+                    e = failed[1]
+                    raise TokenServiceError(e.message, code=e.code, status=e.status, hint=e.hint)
+            try:
+                tok = self._fetch_token(realm, service, scope)
+            except TokenServiceError as e:
+                with self._lock:
+                    self._failed[key] = (time.monotonic(), e)
+                raise
+            with self._lock:
+                self._failed.pop(key, None)
+                self._tokens[key] = tok
+                self._latest = tok
             return tok
 
     def _fetch_token(self, realm: str, service: str, scope: Scope) -> _Token:
@@ -441,15 +486,8 @@ class RegistryAuth(AuthBase):
         if creds is not None:
             params.append(("account", creds.username))
         params.append(("client_id", "pybuild"))
-        session = self._token_session or requests
-        self.stats["token_requests"] += 1
+        resp = self._get_token(realm, params, creds)
         what = f"getting a token for {self.registry} from {realm}"
-        try:
-            resp = session.get(realm, params=params, timeout=self._timeout,
-                               auth=(creds.username, creds.password) if creds else None)
-        except requests.RequestException as e:
-            raise RegistryAuthError(f"{what}: {e}", code="UNAUTHORIZED",
-                                    hint="check the network and the registry's token service") from None
         if resp.status_code in (401, 403):
             raise RegistryAuthError(
                 f"{what}: HTTP {resp.status_code}: credentials refused", code="UNAUTHORIZED",
@@ -471,6 +509,58 @@ class RegistryAuth(AuthBase):
         expires_in = max(expires_in, 1)
         margin = min(10.0, expires_in / 4)
         return _Token(str(value), scope, self._clock() + expires_in - margin)
+
+    def _get_token(self, realm: str, params: list[tuple[str, str]],
+                   creds: Credentials | None) -> requests.Response:
+        """GET the token endpoint, retrying refused, reset or timed-out connections and
+        408/429/5xx answers like any registry request; then TokenServiceError saying so."""
+        session = self._token_session or requests
+        what = f"getting a token for {self.registry}"
+        attempts = Attempts(self._retry, what, self._sleep, error=TokenServiceError)
+        failed = f"the token service at {realm} failed"
+        while True:
+            with self._lock:
+                self.stats["token_requests"] += 1
+            try:
+                resp = session.get(realm, params=params, timeout=self._timeout,
+                                   auth=(creds.username, creds.password) if creds else None)
+            except requests.exceptions.SSLError as e:
+                raise TokenServiceError(f"{what}: TLS error talking to the token service at {realm}: "
+                                        f"{reason(e)}", code="TLS",
+                                        hint="set PYBUILD_CA_BUNDLE to the CA certificate of the token "
+                                             "service") from None
+            except TRANSIENT as e:
+                text, hint = self._failure(e)
+                if unresolvable(e):        # a host name that does not resolve stays so
+                    raise TokenServiceError(f"{what}: {failed}: {text}", hint=hint) from None
+                attempts.again(f"{failed}: {text}", code="TIMEOUT" if timed_out(e) else "", hint=hint)
+                continue
+            except requests.RequestException as e:
+                raise TokenServiceError(f"{what}: the token service at {realm} cannot be asked: {e}",
+                                        hint="the registry's challenge names an unusable token realm") from None
+            if resp.status_code not in RETRY_STATUSES:
+                return resp
+            resp.close()
+            attempts.again(f"{failed}: HTTP {resp.status_code} {resp.reason or ''}".rstrip(),
+                           retry_after(resp), resp.status_code,
+                           hint=("the registry's token service is rate-limiting; wait a while and try again"
+                                 if resp.status_code == 429 else
+                                 "the registry's token service failed on its side; try again later"))
+
+    def _failure(self, e: Exception) -> tuple[str, str]:
+        """(what went wrong, what to do) for a connection to the token service that failed."""
+        if could_not_connect(e):
+            return (f"cannot connect: {reason(e)}",
+                    "check that the registry's token service is running and reachable")
+        if timed_out(e):
+            if isinstance(e, requests.exceptions.ConnectTimeout):
+                text = f"timed out: could not connect within {self._timeout[0]:g}s"
+            else:
+                text = f"timed out: no answer within {self._timeout[1]:g}s"
+            return text, ("the token service is slow or stalled; try again later, or give it more time "
+                          f"with {TIMEOUT_ENV}=SECONDS (now {self._timeout[1]:g})")
+        return (broken(e), "the connection to the token service keeps breaking; check the network "
+                           "(and any proxy in between) and try again")
 
 
 def _header_text(value: str | bytes | None) -> str | None:

@@ -10,7 +10,8 @@ Guarantees:
   :func:`timeout_from_env`; 10 s to connect, 60 s of silence while reading by default), so a
   stalled registry costs bounded time, never a hang;
 - ``429`` (honouring ``Retry-After``), ``5xx``, connection resets and timeouts are retried with
-  bounded exponential backoff and jitter (:class:`RetryPolicy`), then end in a
+  bounded exponential backoff and jitter (:class:`RetryPolicy`, in ``retry.py``; token requests
+  to the registry's token service get the same, see ``auth.py``), then end in a
   :class:`~registry.errors.RegistryUnavailable` naming the operation and the last answer (for a
   timeout: the registry's address, the limit, and a hint naming ``PYBUILD_REGISTRY_TIMEOUT``);
   a transfer that makes progress between failures gets a fresh retry budget;
@@ -31,13 +32,9 @@ Transport policy (:func:`transport_for`): plain HTTP for loopback hosts (``local
 """
 from __future__ import annotations
 
-import email.utils
-import http.client
 import ipaddress
 import json
 import os
-import random
-import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -45,13 +42,16 @@ from typing import Any, BinaryIO, Callable, Container, Iterator, Mapping
 from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 
 import requests
-import urllib3.exceptions
 
 from pybuild.errors import DigestMismatch, RegistryError, UserError
 from pybuild.oci import Descriptor, Digest, MediaType
 
-from .auth import Credentials, RegistryAuth, load_credentials
+from .auth import Credentials, RegistryAuth, TokenServiceError, load_credentials
 from .errors import RegistryAuthError, RegistryUnavailable, error_from_response
+from .retry import RETRY_STATUSES as _RETRY_STATUSES, TRANSIENT as _TRANSIENT, Attempts as _Attempts, RetryPolicy
+from .retry import broken as _broken, could_not_connect as _could_not_connect, reason as _reason
+from .retry import retry_after as _retry_after, timed_out as _timed_out, unresolvable as _unresolvable
+from .retry import TIMEOUT_ENV
 
 __all__ = ["RegistryClient", "RetryPolicy", "Transport", "transport_for", "ProgressEvent",
            "Progress", "MANIFEST_ACCEPT", "DEFAULT_CHUNK_SIZE", "DEFAULT_MONOLITHIC_LIMIT",
@@ -63,61 +63,8 @@ DEFAULT_CHUNK_SIZE = 16 << 20
 DEFAULT_MONOLITHIC_LIMIT = 16 << 20
 MAX_MANIFEST_SIZE = 4 << 20
 _DOWNLOAD_CHUNK = 1 << 16
-_RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 DEFAULT_TIMEOUT = (10.0, 60.0)
-TIMEOUT_ENV = "PYBUILD_REGISTRY_TIMEOUT"
-
-
-def _unresolvable(e: BaseException) -> bool:
-    """True for a name-resolution failure (retrying it only delays the error)."""
-    text = str(e)
-    return "Name or service not known" in text or "Failed to resolve" in text or "nodename nor servname" in text
-_TRANSIENT = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
 USER_AGENT = "pybuild/0.1"
-
-
-def _chain(e: BaseException) -> list[BaseException]:
-    """``e`` and every exception it wraps (``reason``, ``args``, cause, context), outermost first."""
-    out: list[BaseException] = []
-    todo: list[BaseException] = [e]
-    seen: set[int] = set()
-    while todo:
-        x = todo.pop(0)
-        if id(x) in seen:
-            continue
-        seen.add(id(x))
-        out.append(x)
-        for nxt in (getattr(x, "reason", None), *getattr(x, "args", ()), x.__cause__, x.__context__):
-            if isinstance(nxt, BaseException):
-                todo.append(nxt)
-    return out
-
-
-def _could_not_connect(e: BaseException) -> bool:
-    """True when no connection was made at all (refused, unresolvable, unroutable)."""
-    return any(isinstance(x, (urllib3.exceptions.NewConnectionError, ConnectionRefusedError))
-               for x in _chain(e))
-
-
-def _timed_out(e: BaseException) -> bool:
-    """True when ``e``, or an exception it wraps, is a timeout (requests wraps urllib3's read
-    timeouts during a streamed body in a plain ``ConnectionError``). urllib3's
-    NewConnectionError derives from its ConnectTimeoutError but is a refusal, not a timeout."""
-    return not _could_not_connect(e) and any(
-        isinstance(x, (requests.Timeout, urllib3.exceptions.TimeoutError, socket.timeout))
-        for x in _chain(e))
-
-
-def _broken(e: BaseException) -> str:
-    """How an established connection broke, in words."""
-    for x in reversed(_chain(e)):          # innermost first
-        if isinstance(x, ConnectionResetError):
-            return "the connection was reset"
-        if isinstance(x, BrokenPipeError):
-            return "the connection was closed while sending"
-        if isinstance(x, http.client.RemoteDisconnected):
-            return "the connection was closed without an answer"
-    return _reason(e)
 
 
 def timeout_from_env(env: Mapping[str, str] | None = None) -> tuple[float, float]:
@@ -198,75 +145,6 @@ def transport_for(registry: str, env: Mapping[str, str] | None = None) -> Transp
     return Transport(registry, "http" if insecure else "https", api_host, ca if ca else True)
 
 
-# -- retries -----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Bounded exponential backoff with jitter.
-
-    At most ``tries`` attempts per operation; the n-th wait is ``base_delay * 2**n`` (at most
-    ``max_delay``) scaled by a random factor in [0.5, 1], or the server's ``Retry-After`` (which
-    may exceed ``max_delay``); no wait is started that would pass ``total`` seconds since the
-    first attempt.
-    """
-
-    tries: int = 5
-    base_delay: float = 0.5
-    max_delay: float = 8.0
-    total: float = 60.0
-
-    def delay(self, attempt: int, retry_after: float | None = None) -> float:
-        if retry_after is not None:
-            return max(0.0, retry_after)
-        return min(self.max_delay, self.base_delay * (2 ** attempt)) * random.uniform(0.5, 1.0)
-
-
-def _retry_after(resp: requests.Response) -> float | None:
-    value = resp.headers.get("Retry-After")
-    if not value:
-        return None
-    try:
-        return float(int(value.strip()))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-        return max(0.0, when.timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
-
-
-class _Attempts:
-    """Counts the tries of one operation against a RetryPolicy."""
-
-    def __init__(self, policy: RetryPolicy, op: str, sleep: Callable[[float], None]) -> None:
-        self.policy = policy
-        self.op = op
-        self.n = 0
-        self.start = time.monotonic()
-        self.last = ""
-        self._sleep = sleep
-
-    def again(self, last: str, retry_after: float | None = None, status: int = 0,
-              code: str = "", hint: str | None = None) -> None:
-        """Wait before the next try, or raise RegistryUnavailable when the budget is spent.
-
-        ``last`` describes the failure; ``hint`` (what to do about that failure) becomes the
-        error's hint when this was the last try.
-        """
-        self.n += 1
-        self.last = last
-        wait = self.policy.delay(self.n - 1, retry_after)
-        spent = time.monotonic() - self.start
-        if self.n >= self.policy.tries or spent + wait > self.policy.total:
-            why = f"after {self.n} tries" if self.n >= self.policy.tries else \
-                f"after {self.n} tries in {spent:.0f}s (waiting {wait:.1f}s more would pass " \
-                f"the {self.policy.total:g}s limit)"
-            raise RegistryUnavailable(f"{self.op}: giving up {why}; last: {last}", status=status,
-                                      code=code, hint=hint or "the registry is failing or unreachable; "
-                                      "check it and try again later")
-        self._sleep(wait)
-
-
 # -- progress ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ProgressEvent:
@@ -292,23 +170,6 @@ def _with_query(url: str, extra: Mapping[str, str]) -> str:
     parts = urlsplit(url)
     query = parse_qsl(parts.query, keep_blank_values=True) + list(extra.items())
     return urlunsplit(parts._replace(query=urlencode(query)))
-
-
-def _reason(e: BaseException) -> str:
-    """The innermost cause of a requests/urllib3 connection error, without the pool noise."""
-    inner: object = e
-    while True:
-        nxt = getattr(inner, "reason", None) or (inner.args[0] if isinstance(inner, requests.RequestException)
-                                                 and inner.args and isinstance(inner.args[0], Exception)
-                                                 else None)
-        if nxt is None or nxt is inner or not isinstance(nxt, Exception):
-            break
-        inner = nxt
-    args = getattr(inner, "args", ())
-    # urllib3's ProtocolError is ("Connection broken: …", the cause): its text is enough
-    text = args[0] if len(args) > 1 and isinstance(args[0], str) else str(inner)
-    # urllib3 prefixes "<urllib3.connection.HTTPConnection object at 0x…>: "
-    return text.split(">: ", 1)[-1] if text.startswith("<") else text
 
 
 def _media_type(resp: requests.Response) -> str:
@@ -349,7 +210,8 @@ class RegistryClient:
         env_copy = dict(os.environ if env is None else env)
         loader = None if anonymous else (lambda: load_credentials(registry, env_copy))
         self.auth = RegistryAuth(registry, self.transport.api_host, credentials=credentials,
-                                 loader=loader, token_session=token_session, timeout=self.timeout)
+                                 loader=loader, token_session=token_session, timeout=self.timeout,
+                                 retry=self.retry, sleep=sleep)
         self.session.auth = self.auth
         self._lock = threading.Lock()
 
@@ -423,7 +285,8 @@ class RegistryClient:
 
         Returns the response when its status is in ``ok`` (the caller closes streamed ones).
         Raises a RegistryError subclass otherwise: RegistryUnavailable for transient failures
-        (after the retries), RegistryAuthError, RegistryNotFound, or RegistryError.
+        (after the retries), RegistryAuthError, TokenServiceError (the token service failed,
+        after its own retries; never retried here), RegistryNotFound, or RegistryError.
         """
         attempts = _Attempts(self.retry, op, self._sleep)
         while True:
@@ -432,9 +295,8 @@ class RegistryClient:
                                             stream=stream, params=params, timeout=self.timeout)
             except requests.exceptions.SSLError as e:
                 raise self._connection_error(op, e) from None
-            except RegistryAuthError as e:          # raised by the auth loop (token service)
-                raise RegistryAuthError(f"{op}: {e.message}", code=e.code, status=e.status,
-                                        hint=e.hint) from None
+            except (RegistryAuthError, TokenServiceError) as e:   # from the auth loop (token service)
+                raise type(e)(f"{op}: {e.message}", code=e.code, status=e.status, hint=e.hint) from None
             except _TRANSIENT as e:
                 if not retry or _unresolvable(e):  # a host name that does not resolve stays so
                     raise self._connection_error(op, e) from None

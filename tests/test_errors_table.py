@@ -79,7 +79,7 @@ CASES = [
          store="corrupt"),
     # -- build errors: exit 1, the Dockerfile quoted ----------------------------------------------
     Case("unknown-instruction", ("build", "{ctx}"), 1, ("Dockerfile:2:", "unknown instruction", "FROBNICATE"),
-         "instructions are", dockerfile="FROM busybox\nFROBNICATE x\nRUN true\n", line=2),
+         "end that line with '\\'; instructions are", dockerfile="FROM busybox\nFROBNICATE x\nRUN true\n", line=2),
     Case("copy-missing-source", ("build", "{ctx}"), 1, ("Dockerfile:3:", "missing.txt", "not found"),
          "relative to the build context", dockerfile="FROM busybox\nRUN true\nCOPY missing.txt /x\n", line=3),
     Case("run-fails", ("build", "{ctx}"), 1, ("Dockerfile:2:", "non-zero code: 3"), "output",
@@ -107,6 +107,12 @@ CASES = [
          dockerfile="FROM busybox AS a\nFROM busybox AS a\n", line=2),
     Case("chown-unknown-user", ("build", "{ctx}"), 1, ("Dockerfile:2:", "nouser"), "numeric uid",
          dockerfile="FROM busybox\nCOPY --chown=nouser Dockerfile /x\n", line=2),
+    Case("run-unknown-user", ("build", "{ctx}"), 1,
+         ("Dockerfile:3:", 'unable to find user "nosuchuser"', "no matching entries in the image's /etc/passwd"),
+         "create the user first (RUN adduser", dockerfile="FROM busybox\nUSER nosuchuser\nRUN true\n", line=3),
+    Case("run-unknown-group", ("build", "{ctx}"), 1,
+         ("Dockerfile:3:", 'unable to find group "nosuchgroup"', "no matching entries in the image's /etc/group"),
+         "numeric gid", dockerfile="FROM busybox\nUSER root:nosuchgroup\nRUN true\n", line=3),
     Case("workdir-without-path", ("build", "{ctx}"), 1, ("Dockerfile:2:", "WORKDIR requires"), "WORKDIR /path",
          dockerfile="FROM busybox\nWORKDIR\n", line=2),
     Case("copy-from-invalid-name", ("build", "{ctx}"), 1, ("Dockerfile:2:", "invalid reference", "Bad_Name"),
@@ -252,3 +258,13 @@ def test_quiet_build_failure_still_shows_the_failing_output(env: Env) -> None:
     assert lines[1:5] == ["------", " > output:", "   the-reason-it-failed", "------"]  # the log's tail
     assert lines[5] == " Dockerfile:2" and "   2 | >>> RUN echo the-reason-it-failed; exit 9" in lines
     assert lines[-1].startswith("hint: ")
+
+
+def test_run_as_a_numeric_uid_missing_from_passwd_works(env: Env) -> None:
+    """Like docker, a uid (and gid) the image's /etc/passwd does not list is used as given."""
+    ctx = env.tmp / "numeric-user-ctx"
+    ctx.mkdir(exist_ok=True)
+    (ctx / "Dockerfile").write_text("FROM busybox\nUSER 4242\nRUN id\nUSER 4243:4244\nRUN id\n")
+    r = env.main.run("build", "--progress", "plain", str(ctx), check=False)
+    assert r.code == 0, r.err
+    assert "uid=4242 gid=4242 groups=4242" in r.out and "uid=4243 gid=4244 groups=4244" in r.out, r.out

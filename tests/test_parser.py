@@ -243,6 +243,18 @@ def test_errors(text: str, line: int, fragment: str, hint: str | None) -> None:
         assert f"{line:>4} | {lines[line - 1].rstrip()}" in str(err)
 
 
+@pytest.mark.parametrize("directive, escape", [("", "\\"), ("# escape=`\n", "`")])
+def test_unknown_instruction_hint_names_the_escape_character_once(directive: str, escape: str) -> None:
+    """The hint shows the escape character itself: one backslash, never repr()'s doubled one."""
+    with pytest.raises(DockerfileError) as info:
+        parse(directive + "FROM a\napt-get install x\n")
+    assert info.value.hint == (
+        f"if this line belongs to the previous instruction, end that line with '{escape}'; instructions "
+        "are ADD, ARG, CMD, COPY, ENTRYPOINT, ENV, EXPOSE, FROM, HEALTHCHECK, LABEL, MAINTAINER, ONBUILD, "
+        "RUN, SHELL, STOPSIGNAL, USER, VOLUME, WORKDIR")
+    assert "\\\\" not in info.value.hint and len(escape) == 1
+
+
 def test_there_is_an_error_case_for_each_instruction_needing_arguments() -> None:
     ids = {case[0] for case in ERRORS}
     for needed in ("from_without_arguments", "copy_one_argument", "workdir_empty",

@@ -7,6 +7,8 @@
 - ``token_registry``: the same with ``auth.token``: a real token service (``TokenServer``, stdlib
   ``http.server``) issues RS256 JWTs signed by ``openssl`` with a self-signed certificate that
   the registry trusts (``rootcertbundle``); the registry verifies them exactly as in production.
+- ``faulty_tokens``: a real registry (token auth) whose realm is a ``FaultProxy`` in front of the
+  ``TokenServer``, so a test can make the token service answer 5xx, reset or stall.
 - ``make_proxy``: ``FaultProxy``, an HTTP proxy in front of a real registry that forwards every
   request and, on rules the test adds, cuts a response after N bytes, resets the TCP connection
   (mid-request-body or mid-response-body), stalls (withholds the answer, or its body, for a
@@ -571,6 +573,46 @@ class FaultProxy:
         self._stopped.set()          # ends every stall
         self._httpd.shutdown()
         self._httpd.server_close()
+
+
+@dataclass
+class ProxiedTokens:
+    """A real registry with token auth whose realm (``realm``) is ``proxy`` in front of ``tokens``."""
+
+    registry: RegistryServer
+    proxy: FaultProxy
+    tokens: TokenServer
+    realm: str
+
+
+@pytest.fixture(scope="session")
+def proxied_token_registry(tmp_path_factory: pytest.TempPathFactory,
+                           token_server: TokenServer) -> Iterator[ProxiedTokens]:
+    proxy = FaultProxy(f"127.0.0.1:{token_server.port}")
+    realm = f"http://{proxy.host}/token"
+    srv = RegistryServer(tmp_path_factory.mktemp("proxied-token-registry"), f"""auth:
+  token:
+    realm: {realm}
+    service: {token_server.service}
+    issuer: {token_server.issuer}
+    rootcertbundle: {token_server.cert}
+""").start()
+    yield ProxiedTokens(srv, proxy, token_server, realm)
+    srv.stop()
+    proxy.stop()
+
+
+@pytest.fixture
+def faulty_tokens(proxied_token_registry: ProxiedTokens, tokens: TokenServer) -> Iterator[ProxiedTokens]:
+    """``proxied_token_registry`` with the proxy's rules and logs (and the token log) cleared;
+    rules a test adds (``faulty_tokens.proxy.add(…, path="^/token")``) end with it."""
+    proxy = proxied_token_registry.proxy
+    with proxy._lock:
+        proxy.rules.clear()
+        proxy.log.clear()
+    yield proxied_token_registry
+    with proxy._lock:
+        proxy.rules.clear()
 
 
 @pytest.fixture
