@@ -1,4 +1,4 @@
-# make demo  - set everything up, then build (for now: import) the demo image and list images
+# make demo  - set everything up, import busybox, build the demo image (testdata/demo) and run it
 # make test  - set everything up, then run the whole test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -22,6 +22,8 @@ $(VENV)/.installed: pyproject.toml
 demo: deps venv
 	$(PY) testdata/make_busybox_rootfs.py $(DEMO_ROOTFS)
 	$(VENV)/bin/pybuild import $(DEMO_ROOTFS) busybox:latest
+	$(VENV)/bin/pybuild build --progress plain -t pybuild-demo testdata/demo
+	$(VENV)/bin/pybuild run pybuild-demo
 	$(VENV)/bin/pybuild images
 
 test: deps venv

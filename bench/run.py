@@ -163,8 +163,13 @@ class Runner:
         self.cwd = cwd          # never the repository: python would import its working tree from there
         self.n = 0
 
-    def run(self, argv: list[str], label: str, cwd: Path | None = None, check: bool = True) -> dict[str, Any]:
+    def run(self, argv: list[str], label: str, cwd: Path | None = None, check: bool = True,
+            settle: bool = True) -> dict[str, Any]:
+        """``settle``: write back all dirty data first (untimed), so that a command does not pay
+        for the writeback of what the previous command, often the other tool, left behind."""
         self.n += 1
+        if settle:
+            os.sync()
         logpath = self.logdir / f"{self.n:04d}-{label}.log"
         with open(logpath, "wb") as lf:
             lf.write((" ".join(argv) + "\n\n").encode())
@@ -521,7 +526,8 @@ def main() -> int:
                     out = work / f"{t.name}-{w}.oci.tar"
                     out.unlink(missing_ok=True)
                     s1 = runner.run(t.build(stores[t.name], tag, ctx), f"{t.name}-{w}-cold-build", check=False)
-                    s2 = runner.run(t.save(stores[t.name], tag, out), f"{t.name}-{w}-cold-save", check=False) \
+                    s2 = runner.run(t.save(stores[t.name], tag, out), f"{t.name}-{w}-cold-save", check=False,
+                                    settle=False) \
                         if s1["rc"] == 0 else s1
                     record(w, "cold", t.name, [s1, s2] if s2 is not s1 else [s1])
                     if out.exists():

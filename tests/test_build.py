@@ -330,3 +330,12 @@ def test_copy_snapshot_written_from_entries_equals_the_extracted_layer(busybox_t
         fresh.mkdir()
         extract_verified(store.content, img.manifest.layers[i], img.config.diff_ids[i], fresh, mode="overlay")
         assert _tree(made) == _tree(fresh)
+
+
+def test_the_demo_image_builds_and_runs(pb_busybox: PB) -> None:
+    """What `make demo` does after importing busybox (README's first command)."""
+    demo = Path(__file__).resolve().parent.parent / "testdata/demo"
+    pb_busybox.run("build", "--progress", "plain", "-t", "pybuild-demo", str(demo))
+    out = pb_busybox.run("run", "pybuild-demo").out
+    assert out.splitlines()[0] == "hello from the pybuild demo image"
+    assert out.splitlines()[1].startswith("built by pybuild on ")
