@@ -28,24 +28,23 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import http.client
 import json
 import os
 import platform
 import resource
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+sys.path.insert(0, str(REPO / "testdata"))
+from distribution_registry import DistributionRegistry, RegistryDidNotStart  # noqa: E402
 ALL_WORKLOADS = ["app", "smallfiles", "multistage", "deep", "text"]
 PHASES = ["cold", "noop", "onefile", "push", "pull"]
 # ratio pybuild/buildah each phase must stay at or under (issue 6); deep cold has its own
@@ -63,12 +62,6 @@ def log(msg: str) -> None:
 
 
 # -- helpers ---------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def find_workloads_py(arg: str | None) -> Path:
     # The shared workloads live beside the repository (../shared/bench), as in CI.
     for cand in ([Path(arg)] if arg else [HERE.parent.parent / "shared/bench/workloads.py",
@@ -96,62 +89,17 @@ def rmtree(path: Path) -> None:
         subprocess.run(["rm", "-rf", str(path)], check=False)
 
 
-class Registry:
-    """``docker-registry serve CONFIG`` on a free 127.0.0.1 port with its own empty storage."""
+class Registry(DistributionRegistry):
+    """testdata/distribution_registry.py's registry with its own empty storage in ``workdir``,
+    started at once; exits the benchmark when it cannot start."""
 
     def __init__(self, workdir: Path) -> None:
+        super().__init__(workdir, access_log=False)
         self.dir = workdir
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.host = f"127.0.0.1:{self.port}"
-        cfg = self.dir / "config.yml"
-        cfg.write_text(f"""version: 0.1
-log:
-  level: error
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: {self.dir / 'data'}
-  delete:
-    enabled: true
-  maintenance:
-    uploadpurging:
-      enabled: false
-http:
-  addr: {self.host}
-  secret: bench-{uuid.uuid4().hex}
-""")
-        binary = shutil.which("docker-registry") or "/usr/bin/docker-registry"
-        logf = open(self.dir / "registry.log", "wb")
-        self.proc = subprocess.Popen([binary, "serve", str(cfg)], stdout=logf, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL)
-        logf.close()
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                break
-            try:
-                c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
-                c.request("GET", "/v2/")
-                ok = c.getresponse().status == 200
-                c.close()
-                if ok:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.05)
-        self.stop()
-        raise SystemExit(f"the registry did not start:\n{(self.dir / 'registry.log').read_text()[-2000:]}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        try:
+            self.start()
+        except RegistryDidNotStart as e:
+            raise SystemExit(str(e)) from None
 
 
 class Runner:

@@ -570,12 +570,12 @@ def open_decompressed(f: BinaryIO, media_type: str = "") -> BinaryIO:
             return lzma.LZMAFile(f)  # type: ignore[return-value]
     if kind == "gzip":
         counted = _CountingReader(f)
-        return _RatioLimited(gzip.GzipFile(fileobj=counted, mode="rb"), counted)  # type: ignore[return-value]
+        return _ratio_limited(gzip.GzipFile(fileobj=counted, mode="rb"), counted)  # type: ignore[arg-type]
     if kind == "zstd":
         import zstandard
         counted = _CountingReader(f)
-        return _RatioLimited(zstandard.ZstdDecompressor().stream_reader(counted, read_across_frames=True),
-                             counted)  # type: ignore[return-value]
+        return _ratio_limited(zstandard.ZstdDecompressor().stream_reader(counted, read_across_frames=True),
+                              counted)  # type: ignore[arg-type]
     return f
 
 
@@ -630,26 +630,20 @@ def extract_verified(content: ContentStore, layer: Descriptor, diff_id: Digest, 
     return stats
 
 
-class _RatioLimited(io.RawIOBase):
-    """Refuses a decompression bomb: output past RATIO_FLOOR bytes must stay within MAX_RATIO
-    times the compressed input read so far (raises InvalidArchive)."""
+def _ratio_limited(inner: BinaryIO, counted: _CountingReader) -> BinaryIO:
+    """``inner`` (a decompressor reading through ``counted``), refusing a decompression bomb:
+    output past RATIO_FLOOR bytes must stay within MAX_RATIO times the compressed input read so
+    far (raises InvalidArchive)."""
+    out = 0
 
-    def __init__(self, inner: BinaryIO, counted: _CountingReader) -> None:
-        self._inner, self._counted, self.out = inner, counted, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
-        data = self._inner.read(len(b))
-        n = len(data)
-        b[:n] = data
-        self.out += n
-        if self.out > RATIO_FLOOR and self.out > MAX_RATIO * max(1, self._counted.count):
-            raise InvalidArchive(f"layer expands more than {MAX_RATIO}:1 ({self._counted.count} compressed bytes "
-                                 f"gave {self.out}): refused as a decompression bomb",
+    def check(data: bytes) -> None:
+        nonlocal out
+        out += len(data)
+        if out > RATIO_FLOOR and out > MAX_RATIO * max(1, counted.count):
+            raise InvalidArchive(f"layer expands more than {MAX_RATIO}:1 ({counted.count} compressed bytes "
+                                 f"gave {out}): refused as a decompression bomb",
                                  hint="set PYBUILD_MAX_DECOMPRESSION_RATIO to allow it")
-        return n
+    return _TeeReader(inner, check)  # type: ignore[return-value]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ import re
 import shutil
 import socket
 import struct
+import sys
 import subprocess
 import threading
 import time
@@ -42,81 +43,24 @@ import pytest
 
 from pybuild.registry import RegistryClient, RetryPolicy
 
-REGISTRY_BIN = "docker-registry"
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "testdata"))
+from distribution_registry import DistributionRegistry, RegistryDidNotStart, free_port  # noqa: E402,F401 (free_port: for test_client)
+
 USER, PASSWORD = "alice", "s3cret"
 FAST_RETRY = RetryPolicy(tries=5, base_delay=0.05, max_delay=0.2, total=20.0)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # -- the real registry -------------------------------------------------------------------------
-class RegistryServer:
-    """One ``docker-registry serve CONFIG`` process on 127.0.0.1:<free port>."""
+class RegistryServer(DistributionRegistry):
+    """testdata/distribution_registry.py's registry, failing the test (not erroring) when it
+    cannot start."""
 
-    def __init__(self, workdir: Path, auth_yaml: str = "") -> None:
-        self.workdir = workdir
-        self.port = free_port()
-        self.host = f"127.0.0.1:{self.port}"
-        self.config = workdir / "config.yml"
-        self.log_path = workdir / "registry.log"
-        self.config.write_text(f"""version: 0.1
-log:
-  level: info
-  accesslog:
-    disabled: false
-storage:
-  filesystem:
-    rootdirectory: {workdir / 'data'}
-  delete:
-    enabled: true
-  maintenance:
-    uploadpurging:
-      enabled: false
-http:
-  addr: {self.host}
-  secret: pbtest-{uuid.uuid4().hex}
-{auth_yaml}""")
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> "RegistryServer":
-        if shutil.which(REGISTRY_BIN) is None:
-            pytest.fail(f"{REGISTRY_BIN} is required: apt-get install docker-registry", pytrace=False)
-        log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([REGISTRY_BIN, "serve", str(self.config)], stdout=log,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        log.close()
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                break
-            try:
-                c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
-                c.request("GET", "/v2/")
-                status = c.getresponse().status
-                c.close()
-                if status in (200, 401):
-                    return self
-            except OSError:
-                pass
-            time.sleep(0.05)
-        self.stop()
-        pytest.fail(f"the registry did not start:\n{self.log_path.read_text()[-3000:]}", pytrace=False)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+    def start(self, timeout: float = 20.0) -> "RegistryServer":
+        try:
+            super().start(timeout)
+        except RegistryDidNotStart as e:
+            pytest.fail(str(e), pytrace=False)
+        return self
 
 
 @pytest.fixture(scope="session")

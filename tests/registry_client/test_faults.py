@@ -123,6 +123,16 @@ def _copy_store(src: Path, dst: Path) -> Store:
     return Store(dst)
 
 
+def _pushed_behind_proxy(registry: RegistryServer, make_proxy: Any, multi_store: Path, tmp_path: Path,
+                        repo: str) -> tuple[Any, Descriptor, FaultProxy]:
+    """The multi-layer image pushed straight to ``registry`` as ``repo:v1``; its biggest layer and
+    a fault proxy in front of the registry, for a pull to go through."""
+    src = _copy_store(multi_store, tmp_path / "a")
+    img = src.load(src.resolve("multi")[1])
+    push(src, "multi", f"{registry.host}/{repo}:v1", client=client_for(registry.host))
+    return img, max(img.manifest.layers, key=lambda d: d.size), make_proxy(registry)
+
+
 def _blob(size: int) -> tuple[bytes, Descriptor]:
     data = os.urandom(size)
     return data, Descriptor("application/octet-stream", Digest.of(data), size)
@@ -359,11 +369,7 @@ def test_cli_push_with_a_reset_mid_upload(registry: RegistryServer, make_proxy, 
 @pytest.mark.parametrize("times", [1, -1])
 def test_a_reset_mid_download_resumes_and_the_store_is_intact(
         registry: RegistryServer, make_proxy, multi_store: Path, tmp_path: Path, repo: str, times: int) -> None:
-    src = _copy_store(multi_store, tmp_path / "a")
-    img = src.load(src.resolve("multi")[1])
-    push(src, "multi", f"{registry.host}/{repo}:v1", client=client_for(registry.host))
-    layer = max(img.manifest.layers, key=lambda d: d.size)
-    proxy: FaultProxy = make_proxy(registry)
+    img, layer, proxy = _pushed_behind_proxy(registry, make_proxy, multi_store, tmp_path, repo)
     # a TCP reset after 64 KB of the body: once, or on every answer (each still makes progress)
     proxy.add("reset", "GET", f"/blobs/{layer.digest}", after=64 << 10, times=times)
     dst = Store(tmp_path / "b")
@@ -388,11 +394,7 @@ def test_a_reset_mid_download_resumes_and_the_store_is_intact(
 
 def test_cli_pull_with_persistent_resets_fails_cleanly_and_leaves_the_store_as_it_was(
         registry: RegistryServer, make_proxy, multi_store: Path, tmp_path: Path, repo: str) -> None:
-    src = _copy_store(multi_store, tmp_path / "a")
-    img = src.load(src.resolve("multi")[1])
-    push(src, "multi", f"{registry.host}/{repo}:v1", client=client_for(registry.host))
-    layer = max(img.manifest.layers, key=lambda d: d.size)
-    proxy: FaultProxy = make_proxy(registry)
+    img, layer, proxy = _pushed_behind_proxy(registry, make_proxy, multi_store, tmp_path, repo)
     proxy.add("reset", "GET", f"/blobs/{layer.digest}", after=0, times=-1)  # headers, then a reset
     dst = Store(tmp_path / "b")
     dst.init()
@@ -412,11 +414,7 @@ def test_cli_pull_with_persistent_resets_fails_cleanly_and_leaves_the_store_as_i
 # -- a slow, stalling registry -----------------------------------------------------------------
 def test_a_download_that_stalls_times_out_and_resumes(
         registry: RegistryServer, make_proxy, multi_store: Path, tmp_path: Path, repo: str) -> None:
-    src = _copy_store(multi_store, tmp_path / "a")
-    img = src.load(src.resolve("multi")[1])
-    push(src, "multi", f"{registry.host}/{repo}:v1", client=client_for(registry.host))
-    layer = max(img.manifest.layers, key=lambda d: d.size)
-    proxy: FaultProxy = make_proxy(registry)
+    img, layer, proxy = _pushed_behind_proxy(registry, make_proxy, multi_store, tmp_path, repo)
     proxy.add("stall_body", "GET", f"/blobs/{layer.digest}", after=100_000)   # then silence (30 s)
     dst = Store(tmp_path / "b")
     (name, desc), took = bounded(lambda: pull(dst, f"{proxy.host}/{repo}:v1", client=stall_client(proxy.host)))
