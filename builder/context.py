@@ -47,6 +47,7 @@ import gzip
 import hashlib
 import io
 import json
+from json.encoder import encode_basestring_ascii as _json_string
 import lzma
 import os
 import posixpath
@@ -610,8 +611,8 @@ class StatCache:
         self.timeout = timeout
         self._conn: sqlite3.Connection | None = None
         self._pending: dict[str, tuple[StatKey, str]] = {}
-        self._preloaded: dict[bytes, tuple[tuple[int, ...], str]] | None = None
-        self._preload_prefix = b""
+        self._preloaded: dict[str, tuple[tuple[int, ...], str]] | None = None  # fsdecoded paths
+        self._preload_prefix = ""
         self._lock = threading.RLock()
 
     # -- connection --------------------------------------------------------------------------
@@ -658,8 +659,11 @@ class StatCache:
                     " WHERE path >= ? AND path < ?", (lo, hi)).fetchall()
             except sqlite3.Error:
                 return
-            self._preloaded = {bytes(r[0]): ((r[1], r[2], r[3], r[4], r[5]), r[6]) for r in rows}
-            self._preload_prefix = lo
+            # keyed by the fsdecoded path (a bijection), rows with a malformed digest left out
+            match = _DIGEST_RE.fullmatch
+            self._preloaded = {os.fsdecode(bytes(r[0])): ((r[1], r[2], r[3], r[4], r[5]), r[6]) for r in rows
+                               if isinstance(r[6], str) and match(r[6])}
+            self._preload_prefix = os.fsdecode(lo)
 
     def get(self, key: StatKey) -> str | None:
         """The digest stored for exactly this ``key``, else None.
@@ -670,12 +674,9 @@ class StatCache:
             pending = self._pending.get(key.path)
             if pending is not None:
                 return pending[1] if pending[0] == key else None
-            path = os.fsencode(key.path)
-            if self._preloaded is not None and path.startswith(self._preload_prefix):
-                hit = self._preloaded.get(path)
-                want = (_i64(key.dev), _i64(key.ino), key.size, key.mtime_ns, key.ctime_ns)
-                if hit is None or hit[0] != want or not isinstance(hit[1], str) \
-                        or not _DIGEST_RE.fullmatch(hit[1]):
+            if self._preloaded is not None and key.path.startswith(self._preload_prefix):
+                hit = self._preloaded.get(key.path)
+                if hit is None or hit[0] != (_i64(key.dev), _i64(key.ino), key.size, key.mtime_ns, key.ctime_ns):
                     return None
                 return hit[1]
             conn = self._connect()
@@ -1176,6 +1177,7 @@ class BuildContext:
         self._digests: dict[str, str] = {}
         self._resolved: dict[tuple[str, bool], str] = {}
         self._cache_preloaded = False
+        self._abs_prefix: str | None = None
         self._dir_fds: OrderedDict[str, int] = OrderedDict()
         self.hashed_files = 0
         self.hashed_bytes = 0
@@ -1523,7 +1525,10 @@ class BuildContext:
     # -- hashing -----------------------------------------------------------------------------
     def _abs(self, resolved: str) -> str:
         assert self.root is not None
-        return os.fspath(self.root) if resolved == "." else os.path.join(self.root, resolved)
+        prefix = self._abs_prefix
+        if prefix is None:
+            prefix = self._abs_prefix = os.path.join(os.fspath(self.root), "")
+        return os.fspath(self.root) if resolved == "." else prefix + resolved
 
     def file_digest(self, relpath: str) -> str:
         """``sha256:<hex>`` of the content of the regular file ``relpath`` (symlinks followed).
@@ -1537,7 +1542,13 @@ class BuildContext:
         cached = self._digests.get(resolved)
         if cached is not None:
             return cached
-        entry = self._entry(resolved)
+        return self._digest_of(relpath, resolved, self._entry(resolved))
+
+    def _digest_of(self, relpath: str, resolved: str, entry: ContextEntry) -> str:
+        """:meth:`file_digest` of the index entry ``entry`` at the resolved path ``resolved``."""
+        cached = self._digests.get(resolved)
+        if cached is not None:
+            return cached
         if entry.type is not EntryType.FILE:
             raise UserError(f'"{relpath}": not a regular file in the build context '
                             f"({entry.type.value})")
@@ -1610,9 +1621,10 @@ class BuildContext:
         Raises NotFound when a path is missing or excluded, UserError like :meth:`open`.
         """
         h = hashlib.sha256(_TREE_DIGEST_HEADER)
-        for fields in self.tree_entries(paths):
-            line = json.dumps(list(fields), ensure_ascii=True, separators=(",", ":"))
-            h.update(line.encode("ascii") + b"\n")
+        q, update = _json_string, h.update
+        for path, kind, mode, uid, gid, payload in self.tree_entries(paths):
+            # the line is json.dumps(list(fields), ensure_ascii=True, separators=(",", ":"))
+            update(f"[{q(path)},{q(kind)},{q(mode)},{uid:d},{gid:d},{q(payload)}]\n".encode("ascii"))
         return "sha256:" + h.hexdigest()
 
     def tree_entries(self, paths: Iterable[str]) -> Iterator[tuple[str, str, str, int, int, str]]:
@@ -1625,7 +1637,7 @@ class BuildContext:
         for path in sorted(records):
             e = records[path]
             if e.type is EntryType.FILE:
-                payload = self.file_digest(path)
+                payload = self._digest_of(path, path, e)  # an index entry: already resolved
             elif e.type is EntryType.SYMLINK:
                 payload = e.link_target or ""
             elif e.type in (EntryType.CHAR, EntryType.BLOCK):

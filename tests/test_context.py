@@ -826,3 +826,29 @@ def test_archive_path_detects_tars_by_content(tmp_path: Path) -> None:
     assert ctx.archive_path("notes.tar") is None
     assert ctx.archive_path("missing.tar") is None
     assert ctx.archive_path("*.tar") is None
+
+
+def test_tree_digest_is_the_json_lines_of_tree_entries(tmp_path: Path) -> None:
+    """The cache key of a COPY source tree is sha256 over one json.dumps line per entry (the
+    fast encoder must give the same bytes: existing caches keep their keys), including names
+    with quotes, backslashes, control characters, non-ASCII and non-UTF-8 bytes."""
+    import hashlib
+    import json
+    from pybuild.builder.context import _TREE_DIGEST_HEADER
+    root = tmp_path / "ctx"
+    (root / "d é").mkdir(parents=True)
+    (root / "Dockerfile").write_text("FROM scratch\n")
+    for name in ['q"uote', "back\\slash", "tab\tnl\nx", "snow\u2603", "plain.txt"]:
+        (root / "d é" / name).write_text(name)
+    os.symlink("../d é/snow\u2603", root / "link")
+    os.mkdir(os.fsencode(root) + b"/raw\xff")
+    with open(os.fsencode(root) + b"/raw\xff/f", "wb") as f:
+        f.write(b"x")
+    os.chmod(root / "d é" / "plain.txt", 0o4751)
+    ctx = open_context(root)
+    entries = list(ctx.tree_entries(["."]))
+    assert len(entries) >= 9 and any("\udcff" in e[0] for e in entries)
+    h = hashlib.sha256(_TREE_DIGEST_HEADER)
+    for fields in entries:
+        h.update(json.dumps(list(fields), ensure_ascii=True, separators=(",", ":")).encode("ascii") + b"\n")
+    assert open_context(root).tree_digest(["."]) == "sha256:" + h.hexdigest()
