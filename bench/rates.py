@@ -9,6 +9,8 @@ Measures, in this Python process (one core):
                 and on text-like data
   gzip6         zlib level 6 with a gzip header (wbits 31, as pybuild writes layers) on incompressible
                 and on text-like data
+  gzip1, gzip4  zlib levels 1 and 4 (text and incompressible)
+  isal1         ISA-L level 1 (the ``isal`` module: what pybuild's layers are deflated with)
   gunzip        zlib decompression of the gzip6 output (what a pull/extract pays)
   tarfile       Python ``tarfile``: writing N small files (1 KiB) from disk into a tar, and
                 extracting them again, per file
@@ -113,9 +115,22 @@ def measure(mib: int = 64, files: int = 5000) -> dict:
         gz = _gzip(data)
         res[f"gzip6_{name}_ratio"] = len(gz) / len(data)
         res[f"gunzip_{name}_MBps"] = _rate(len(data), lambda gz=gz: zlib.decompress(gz, 47))
-    for lvl in (1,):
+    for lvl in (1, 4):
         res[f"gzip{lvl}_text_MBps"] = _rate(len(txt), lambda: _gzip(txt, lvl), min_time=0.1)
         res[f"gzip{lvl}_incompressible_MBps"] = _rate(len(inc), lambda: _gzip(inc, lvl), min_time=0.1)
+    res["gzip4_text_ratio"] = len(_gzip(txt, 4)) / len(txt)
+    try:
+        from isal import isal_zlib  # the deflater of pybuild's layers (level 1)
+        for name, data in (("incompressible", inc), ("text", txt)):
+            def ig(data=data):
+                c = isal_zlib.compressobj(1, isal_zlib.DEFLATED, 31)
+                out = [c.compress(ch) for ch in _chunks(data)]
+                out.append(c.flush())
+                return b"".join(out)
+            res[f"isal1_{name}_MBps"] = _rate(len(data), ig, min_time=0.1)
+            res[f"isal1_{name}_ratio"] = len(ig()) / len(data)
+    except ImportError:
+        res["isal1"] = "isal not importable"
 
     tmp = Path(tempfile.mkdtemp(prefix="pybuild-rates-"))
     try:
