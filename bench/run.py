@@ -363,7 +363,7 @@ def main() -> int:
                     "the pybuild executable's venv python)")
     ap.add_argument("--rev", default=None, metavar="GITREV",
                     help="bench this commit of the repository (git archive into the scratch dir, run with the "
-                         "venv's python and PYTHONPATH) instead of the working tree; e.g. --rev HEAD")
+                         "snapshot's own venv, see make_venv) instead of the working tree; e.g. --rev HEAD")
     ap.add_argument("--workloads-py", default=None, help="workloads.py (default: bench/workloads.py)")
     ap.add_argument("--storage-driver", default="auto", choices=["auto", "overlay", "vfs"],
                     help="buildah storage driver (default: overlay when it works, else vfs)")
