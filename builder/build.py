@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol
 
 from pybuild.errors import BuildError, DockerfileError, NotFound, PybuildError, UserError
-from pybuild.oci import ContainerConfig, Descriptor, Digest, History, ImageConfig, Platform, chain_id
+from pybuild.oci import ContainerConfig, Descriptor, Digest, History, ImageConfig, Platform, chain_id, chain_ids
 from pybuild.store.cache import CacheRecord
 from pybuild.store.importer import rfc3339, source_date_epoch
 from pybuild.store.layers import Entry, entries_from_upper, write_layer
@@ -39,6 +39,7 @@ from .security import SecurityOpts
 from .copy import (CopyItem, ImageFS, LayerPlan, SourceFS, SrcStat, apply_items, materialize, parse_chmod,
                    plan_sources, resolve_owner)
 from .context_fs import DirFS
+from .snapdelta import write_delta
 from .expand import ExpansionError, env_pairs_expand, expand_heredoc, expand_word, expand_words
 from .explain import Explainer
 
@@ -658,16 +659,35 @@ class _Builder:
         assert chain is not None
         self.chains.append(chain)
         if snapshot and not self.store.snapshots.exists(chain):
-            tmp = self.store.snapshots.prepare()
-            try:
-                materialize(entries, tmp, clamp_mtime=self.clamp)
-                self.store.snapshots.commit(tmp, chain)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
+            self.write_snapshot(entries, chain, canonical, chain_ids([x.diff_id for x in state.layers]))
         self.store.cache.put(state.key, CacheRecord(result.descriptor, result.diff_id))
         self.add_layer(state, ref, canonical)
         return chain
+
+    def write_snapshot(self, entries: list[Entry], chain: Digest, canonical: str,
+                       parents: list[Digest]) -> None:
+        """Write the snapshot of a layer made from ``entries`` (``parents``: the chain ids
+        below it): as a delta over the snapshot the last build of the same step wrote, when
+        that one can serve (see builder/snapdelta) and is not in the stack below, else whole."""
+        snaps = self.store.snapshots
+        step = _h("snapshot-donor", canonical)
+        donor = self.store.cache.donor(step)
+        donor_dirs = snaps.dirs(Digest("sha256", donor)) if donor else None
+        if donor_dirs and not set(donor_dirs).isdisjoint(snaps.known_dirs(parents)):
+            donor_dirs = None
+        tmp = snaps.prepare()
+        try:
+            if donor_dirs and write_delta(entries, tmp, donor_dirs, clamp_mtime=self.clamp) is not None:
+                snaps.commit_delta(tmp, chain, donor_dirs)
+            else:
+                shutil.rmtree(tmp)
+                tmp = snaps.prepare()
+                materialize(entries, tmp, clamp_mtime=self.clamp)
+                snaps.commit(tmp, chain)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self.store.cache.set_donor(step, chain)
 
     def add_layer(self, state: _State, ref: LayerRef, canonical: str) -> None:
         state.layers.append(ref)

@@ -3,7 +3,8 @@
 Records live in ``metadata/cache/<key>.json``. After a build, the keys it used are linked to the
 final image (``metadata/cache/images/<manifest hex>.json``); garbage collection keeps the records
 (and their layer blobs) of every tagged image's build and drops the rest, so cache entries
-survive ``prune`` while their image is tagged.
+survive ``prune`` while their image is tagged. ``donors/<step>`` remembers the snapshot last
+written for a COPY step, so the next build of it can write its snapshot as a delta.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from pybuild.oci import Descriptor, Digest, canonical_json
 
@@ -49,6 +50,7 @@ class BuildCache:
     def __init__(self, dir: str | os.PathLike[str]) -> None:
         self.dir = Path(dir)
         self.links = self.dir / "images"
+        self.donors = self.dir / "donors"
 
     def _path(self, key: str) -> Path:
         if not _KEY.match(key):
@@ -95,6 +97,34 @@ class BuildCache:
     def kept_chains(self, tagged: set[Digest]) -> set[str]:
         """Snapshot chain ids (hex) produced by the builds of the ``tagged`` manifests."""
         return self._linked(tagged, "chains")
+
+    def donor(self, step: str) -> str | None:
+        """The chain id (hex) of the snapshot last written for the step named ``step`` (a hex
+        digest of what the step is, without its inputs), or None. Advisory: the snapshot may be
+        gone, and the caller checks every byte it reuses."""
+        try:
+            text = (self.donors / step).read_text().strip()
+        except (FileNotFoundError, ValueError, OSError):
+            return None
+        return text if _KEY.match(text) and _KEY.match(step) else None
+
+    def set_donor(self, step: str, chain: Digest) -> None:
+        """Remember ``chain`` as the snapshot of ``step`` (no fsync: a lost hint costs speed only)."""
+        if not _KEY.match(step):
+            raise ValueError(f"bad step name {step!r}")
+        self.donors.mkdir(parents=True, exist_ok=True)
+        tmp = self.donors / f".{step}.{os.getpid()}.tmp"
+        tmp.write_text(chain.hex + "\n")
+        os.replace(tmp, self.donors / step)
+
+    def sweep_donors(self, alive: Callable[[str], bool]) -> None:
+        """Drop the hints whose snapshot is gone (``alive(chain hex)`` is False)."""
+        if not self.donors.is_dir():
+            return
+        for p in self.donors.iterdir():
+            h = self.donor(p.name)
+            if h is None or not alive(h):
+                p.unlink(missing_ok=True)
 
     def keys(self) -> list[str]:
         if not self.dir.is_dir():

@@ -107,8 +107,10 @@ def fsck(store: Store, repair: bool = True) -> FsckReport:
         if store.snapshots_dir.is_dir():
             for p in store.snapshots_dir.glob(".tmp-*"):
                 report.half_made_snapshots.append(p.name)
-                if repair:
+                if repair and p.is_dir() and not p.is_symlink():
                     shutil.rmtree(p, ignore_errors=True)
+                elif repair:
+                    p.unlink(missing_ok=True)   # a delta's sidecar, written before its claim
         if repair:
             for d in bad:
                 store.content.delete_blob(d)

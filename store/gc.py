@@ -13,6 +13,7 @@ from pybuild.errors import PybuildError
 from pybuild.oci import Descriptor, Digest, ImageConfig, Index, Manifest, MediaType, chain_ids
 
 from .lock import file_lock
+from .snapshots import BASE_SUFFIX
 from .store import Store
 
 __all__ = ["collect", "GCReport", "mark"]
@@ -75,6 +76,17 @@ def _cache_chains(store: Store, tagged: set[Digest]) -> set[str]:
     return set(store.cache.kept_chains(tagged))
 
 
+def _delta_bases(store: Store, chains: set[str]) -> set[str]:
+    """The snapshots the kept delta snapshots lie on (each sidecar lists its whole stack)."""
+    out: set[str] = set()
+    for h in chains:
+        try:
+            out.update((store.snapshots_dir / f"{h}{BASE_SUFFIX}").read_text().split())
+        except (FileNotFoundError, UnicodeDecodeError):
+            continue
+    return out
+
+
 def collect(store: Store, dry_run: bool = False) -> GCReport:
     """Remove every blob and snapshot no tag reaches, and dead ingest files.
 
@@ -98,7 +110,12 @@ def collect(store: Store, dry_run: bool = False) -> GCReport:
                 report.bytes_freed += size
             report.blobs.append(d)
         if store.snapshots_dir.is_dir():
+            chains |= _delta_bases(store, chains)
             for p in store.snapshots_dir.iterdir():
+                if p.name.endswith(BASE_SUFFIX):
+                    if p.name[:-len(BASE_SUFFIX)] not in chains and not dry_run:
+                        p.unlink(missing_ok=True)   # the sidecar goes with its delta
+                    continue
                 if p.name in chains:
                     continue
                 report.snapshots.append(p.name)
@@ -106,4 +123,5 @@ def collect(store: Store, dry_run: bool = False) -> GCReport:
                     shutil.rmtree(p, ignore_errors=True)
         if not dry_run:
             report.ingests = store.content.sweep_ingests()
+            store.cache.sweep_donors(lambda h: (store.snapshots_dir / h).is_dir())
     return report

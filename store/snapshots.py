@@ -7,11 +7,19 @@ and happens in a temp directory renamed into place, so a half-made snapshot is n
 ``prepare`` gives a fresh upper directory; ``commit`` renames it into place under its chain id
 (the committed upper dir *is* the next lower dir: nothing is re-extracted).
 
+A snapshot may be a *delta*: a directory holding only what differs from another snapshot of
+the same kind of layer (the previous build of the same COPY), with a sidecar ``<chain hex>.base``
+listing, bottom first, the snapshot dirs it lies on. Together they are the layer's diff as an
+overlay stack (see ``dirs``); ``ensure`` returns the whole stack, and garbage collection keeps a
+delta's bases while the delta is kept. A delta never holds whiteouts and its bases never hold a
+path the layer lacks (the builder checks both before making one), so stacking is exact.
+
 ``StackView`` reads a stack of snapshot dirs as one merged tree without mounting anything.
 """
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 import uuid
@@ -24,10 +32,13 @@ from pybuild.oci import Descriptor, Digest, chain_ids
 from pybuild.paths import TooManyLinks, resolve_in_root
 
 from .content import ContentStore
-from .fsutil import fsync_dir
+from .fsutil import atomic_write, fsync_dir
 from .layers import _opaque, extract_verified
 
-__all__ = ["LayerRef", "Snapshots", "StackView", "is_whiteout", "is_opaque"]
+__all__ = ["LayerRef", "Snapshots", "StackView", "is_whiteout", "is_opaque", "BASE_SUFFIX"]
+
+BASE_SUFFIX = ".base"
+_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True)
@@ -51,19 +62,72 @@ class Snapshots:
     def exists(self, chain: Digest) -> bool:
         return self.path(chain).is_dir()
 
+    def bases(self, chain: Digest) -> list[str] | None:
+        """The chain ids (hex, bottom first) a delta snapshot lies on: [] for a whole snapshot,
+        None when the sidecar is unreadable or names a snapshot that is gone (the delta alone
+        is not the layer then)."""
+        try:
+            text = (self.root / f"{chain.hex}{BASE_SUFFIX}").read_text()
+        except FileNotFoundError:
+            return []
+        except (OSError, UnicodeDecodeError):
+            return None
+        names = text.split()
+        if not names or not all(_HEX.match(h) and (self.root / h).is_dir() for h in names):
+            return None
+        return names
+
+    def dirs(self, chain: Digest) -> list[Path] | None:
+        """The directories that make up the snapshot of ``chain``, bottom first (one for a whole
+        snapshot); None when there is no usable snapshot."""
+        p = self.path(chain)
+        if not p.is_dir():
+            return None
+        bases = self.bases(chain)
+        if bases is None:
+            return None
+        return [self.root / h for h in bases] + [p]
+
     def ensure(self, layers: Sequence[LayerRef]) -> list[Path]:
-        """Extract every layer of the stack that is not extracted yet; return the dirs, bottom first.
+        """Extract every layer of the stack that is not extracted yet; return the dirs, bottom
+        first (a delta snapshot contributes its bases too, so there may be more dirs than layers).
 
         Raises DigestMismatch when a blob or its diff_id does not verify, InvalidArchive/UnsafeLayer
         for bad tars. Call inside a store lease.
         """
-        out = []
+        out: list[Path] = []
+        out_set: set[Path] = set()
         for ref, chain in zip(layers, chain_ids([x.diff_id for x in layers])):
-            p = self.path(chain)
-            if not p.is_dir():
+            dirs = self.dirs(chain)
+            # overlayfs refuses a dir named twice in one lowerdir list: a delta whose base is
+            # already in the stack is replaced by the whole layer, like one whose base is gone
+            if dirs is None or (len(dirs) > 1 and not out_set.isdisjoint(dirs)):
+                p = self.path(chain)
+                if p.is_dir():
+                    self._discard(chain)
                 self._extract(ref, p)
-            out.append(p)
+                dirs = [p]
+            out.extend(dirs)
+            out_set.update(dirs)
         return out
+
+    def known_dirs(self, chains: Sequence[Digest]) -> list[Path]:
+        """The dirs ``ensure`` would give for a stack with these chain ids, without extracting
+        anything (a chain without a snapshot counts as its future whole snapshot)."""
+        out: list[Path] = []
+        for c in chains:
+            out.extend(self.dirs(c) or [self.path(c)])
+        return out
+
+    def _discard(self, chain: Digest) -> None:
+        p = self.path(chain)
+        tmp = self.root / f".tmp-{uuid.uuid4().hex}"
+        try:
+            os.rename(p, tmp)
+        except FileNotFoundError:
+            pass
+        (self.root / f"{chain.hex}{BASE_SUFFIX}").unlink(missing_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
 
     def _extract(self, ref: LayerRef, dest: Path) -> None:
         tmp = self.root / f".tmp-{uuid.uuid4().hex}"
@@ -102,6 +166,34 @@ class Snapshots:
         self._publish(upper, dest)
         return dest
 
+    def commit_delta(self, upper: Path, chain: Digest, bases: Sequence[Path]) -> Path:
+        """Make ``upper`` the snapshot for ``chain`` as a delta over the snapshot dirs ``bases``
+        (bottom first, all under this store). The sidecar is written (fsynced) before the
+        directory appears, so a visible delta always knows its bases."""
+        dest = self.path(chain)
+        names = [b.name for b in bases]
+        if not names or any(not _HEX.match(n) or b.parent != self.root for n, b in zip(names, bases)):
+            raise ValueError(f"bad delta bases {names!r}")
+        if dest.is_dir():
+            shutil.rmtree(upper, ignore_errors=True)
+            return dest
+        # The sidecar is claimed with link(2), which fails when it exists: of two processes
+        # making a delta for one chain, one publishes. A leftover sidecar (a process killed before
+        # its rename) is harmless under a whole snapshot: its bases hold only paths of the layer,
+        # all of which the whole snapshot covers.
+        side = self.root / f"{chain.hex}{BASE_SUFFIX}"
+        tmp = self.root / f".tmp-{uuid.uuid4().hex}{BASE_SUFFIX}"
+        atomic_write(tmp, ("\n".join(names) + "\n").encode())
+        try:
+            os.link(tmp, side)
+        except FileExistsError:
+            shutil.rmtree(upper, ignore_errors=True)
+            return dest
+        finally:
+            tmp.unlink(missing_ok=True)
+        self._publish(upper, dest)
+        return dest
+
     def remove(self, p: Path) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
@@ -110,8 +202,15 @@ class Snapshots:
         n = 0
         if self.root.is_dir():
             for p in self.root.glob(".tmp-*"):
-                shutil.rmtree(p, ignore_errors=True)
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
                 n += 1
+            for p in self.root.glob(f"*{BASE_SUFFIX}"):
+                if not (self.root / p.name[:-len(BASE_SUFFIX)]).is_dir():
+                    p.unlink(missing_ok=True)   # its delta never appeared (killed before the rename)
+                    n += 1
         return n
 
 
