@@ -222,6 +222,19 @@ class _State:
     base_desc: str = ""
 
 
+def _entries_digest(entries: list[Entry], clamp: int | None) -> str:
+    """A digest of every entry's metadata as the layer writer writes it (not the file
+    contents): path, type, mode, owner, mtime (clamped), size, link target, device numbers,
+    xattrs."""
+    h = hashlib.sha256()
+    for e in entries:
+        mtime = e.mtime if clamp is None or e.mtime <= clamp else clamp
+        h.update(repr((e.path, e.type, e.mode, e.uid, e.gid, mtime, e.size, e.linkname, e.devmajor,
+                       e.devminor, sorted(e.xattrs.items()))).encode("utf-8", "surrogateescape"))
+        h.update(b"\0")
+    return h.hexdigest()
+
+
 def _h(*parts: str) -> str:
     h = hashlib.sha256()
     for p in parts:
@@ -242,6 +255,7 @@ class _Builder:
         self.clamp = self.epoch if self.epoch is not None else 0
         self.used_args: set[str] = set()
         self.keys: list[str] = []
+        self.reuse_keys: list[str] = []   # layer-reuse records (see commit_entries), kept like step keys
         self.chains: list[Digest] = []
         self.cached = 0
         self.total = 0
@@ -303,7 +317,7 @@ class _Builder:
         tags = tuple(self.store.tag(t, desc) for t in self.opts.tags)
         if not tags:
             self.store.tags.add_untagged(desc)
-        self.store.cache.link(desc.digest, self.keys, self.chains)
+        self.store.cache.link(desc.digest, self.keys + self.reuse_keys, self.chains)
         self.explain.save(tags, desc.digest)
         image_id = self.store.load(desc).id
         return BuildResult(desc, image_id, tags, self.cached, self.total, tuple(self.keys))
@@ -643,24 +657,40 @@ class _Builder:
             self.store.snapshots.commit(upper, chain)
 
     def commit_entries(self, state: _State, entries: list[Entry], canonical: str,
-                       snapshot: bool = False) -> Digest | None:
+                       snapshot: bool = False, inputs: str | None = None) -> Digest | None:
         """Write ``entries`` as the step's layer (or record an empty step); returns the new
         chain id, or None for an empty step. With ``snapshot`` (a later step will read this
         layer) the snapshot is written straight from the entries, not extracted from the blob
-        later; it is the same tree either way."""
+        later; it is the same tree either way.
+
+        ``inputs`` (COPY/ADD: a digest of the instruction and of every byte it reads) lets a
+        step whose parent changed but whose layer did not reuse the layer blob an earlier build
+        wrote: the blob is a function of the inputs, the entries' metadata (which is where the
+        parent shows: destinations, copied-up parents, owners), the compression and the clamp."""
         if not entries:
             self.store.cache.put(state.key, CacheRecord())
             state.config = state.config.with_history(History(created=self.created, created_by=canonical,
                                                              comment=HISTORY_COMMENT, empty_layer=True))
             return None
-        result = write_layer(self.store.content, entries, self.opts.compression, clamp_mtime=self.clamp)
-        ref = LayerRef(result.descriptor, result.diff_id)
-        chain = chain_id([x.diff_id for x in state.layers] + [result.diff_id])
+        reuse = None if inputs is None else _h("layer", inputs, self.opts.compression, str(self.clamp),
+                                                _entries_digest(entries, self.clamp))
+        rec = None if reuse is None or self.opts.no_cache else self.store.cache.get(reuse)
+        if rec is not None and rec.layer is not None and rec.diff_id is not None \
+                and self.store.content.has(rec.layer.digest):
+            ref = LayerRef(rec.layer, rec.diff_id)
+        else:
+            result = write_layer(self.store.content, entries, self.opts.compression, clamp_mtime=self.clamp)
+            ref = LayerRef(result.descriptor, result.diff_id)
+            if reuse is not None:
+                self.store.cache.put(reuse, CacheRecord(ref.descriptor, ref.diff_id))
+        if reuse is not None:
+            self.reuse_keys.append(reuse)
+        chain = chain_id([x.diff_id for x in state.layers] + [ref.diff_id])
         assert chain is not None
         self.chains.append(chain)
         if snapshot and not self.store.snapshots.exists(chain):
             self.write_snapshot(entries, chain, canonical, chain_ids([x.diff_id for x in state.layers]))
-        self.store.cache.put(state.key, CacheRecord(result.descriptor, result.diff_id))
+        self.store.cache.put(state.key, CacheRecord(ref.descriptor, ref.diff_id))
         self.add_layer(state, ref, canonical)
         return chain
 
@@ -1042,6 +1072,8 @@ class _Builder:
             (["--parents"] if getattr(ins, "parents", False) else []) +
             ([f"--checksum={checksum}"] if checksum else []) +
             [f"--exclude={e}" for e in excludes] + srcs + urls + [h for h, _ in heredocs] + [dest]))
+        inputs = _h("copy-inputs", canonical, input_digest, *[hashlib.sha256(b).hexdigest() for _, b in heredocs],
+                    *[d.sha256 for _, d in downloads])
         state.key = _h(state.key, canonical, input_digest, *[hashlib.sha256(b).hexdigest() for _, b in heredocs],
                        *[d.sha256 for _, d in downloads])
         self.keys.append(state.key)
@@ -1088,7 +1120,7 @@ class _Builder:
             plan = LayerPlan(view, owner=owner, keep_owner=keep_owner, chmod=chmod,
                              skip_devices=os.geteuid() != 0 or in_user_namespace())
             plan.add(items)
-            self.commit_entries(state, plan.entries(), canonical, snapshot=self.snapshot_wanted)
+            self.commit_entries(state, plan.entries(), canonical, snapshot=self.snapshot_wanted, inputs=inputs)
         finally:
             for t in tmpdirs:
                 shutil.rmtree(t, ignore_errors=True)

@@ -113,6 +113,69 @@ def test_no_op_rebuild_hashes_no_file(pb_busybox: PB, tmp_path: Path) -> None:
     assert r.cached_steps == r.total_steps
 
 
+def _count_layer_writes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    import pybuild.builder.build as b
+    calls: list[int] = []
+    real = b.write_layer
+
+    def counting(*a, **kw):
+        calls.append(1)
+        return real(*a, **kw)
+    monkeypatch.setattr(b, "write_layer", counting)
+    return calls
+
+
+def _build_in_process(store: Store, ctx: Path) -> None:
+    with open_build_context(str(ctx), None, cache_dir=store.metadata_dir) as bc:
+        build(store, BuildOptions(context=bc, dockerfile_text=bc.dockerfile_text, tags=("app",)),
+              progress=Progress("quiet"))
+
+
+def test_a_copy_whose_inputs_did_not_change_reuses_its_layer_under_a_changed_parent(
+        pb_busybox: PB, busybox_tar: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """COPY b/ after a changed COPY a/: same inputs, same entries, so the blob an earlier build
+    wrote is reused, not written again; a change that reaches the entries (the copied-up
+    parent's metadata) writes a new layer. Either way the image is what a cold build gives."""
+    ctx = tmp_path / "ctx"
+    (ctx / "a").mkdir(parents=True)
+    (ctx / "b").mkdir()
+    (ctx / "a/one.txt").write_text("1\n")
+    (ctx / "b/big.bin").write_bytes(os.urandom(1 << 20))
+    (ctx / "c.txt").write_text("c\n")
+    (ctx / "Dockerfile").write_text("FROM busybox\nCOPY a/ /srv/\nCOPY b/ /opt/b/\nCOPY c.txt /srv/sub/\n")
+    store = Store(pb_busybox.root)
+    calls = _count_layer_writes(monkeypatch)
+    _build_in_process(store, ctx)
+    assert len(calls) == 3
+
+    def cold_digest() -> str:
+        fresh = PB(tmp_path / f"fresh{len(calls)}")
+        fresh.run("import", str(busybox_tar), "busybox")
+        fresh.run("build", "-t", "app", str(ctx))
+        return json.loads(fresh.run("inspect", "app").out)[0]["Digest"]
+
+    # the file changes, /srv keeps its metadata: COPY b/ and COPY c.txt (whose entries hold the
+    # copied-up /srv) reuse their blobs
+    (ctx / "a/one.txt").write_text("2\n")
+    calls.clear()
+    _build_in_process(store, ctx)
+    assert len(calls) == 1
+    assert json.loads(pb_busybox.run("inspect", "app").out)[0]["Digest"] == cold_digest()
+    # /srv's owner changes: COPY c.txt /srv/sub/ copies /srv up with it, so its layer is new;
+    # COPY b/ is still reused
+    (ctx / "Dockerfile").write_text("FROM busybox\nCOPY --chown=5:5 a/ /srv/\nCOPY b/ /opt/b/\nCOPY c.txt /srv/sub/\n")
+    calls.clear()
+    _build_in_process(store, ctx)
+    assert len(calls) == 2
+    assert json.loads(pb_busybox.run("inspect", "app").out)[0]["Digest"] == cold_digest()
+    # --no-cache writes every layer
+    calls.clear()
+    with open_build_context(str(ctx), None, cache_dir=store.metadata_dir) as bc:
+        build(store, BuildOptions(context=bc, dockerfile_text=bc.dockerfile_text, tags=("app",), no_cache=True),
+              progress=Progress("quiet"))
+    assert len(calls) == 3
+
+
 def test_no_cache_rebuilds_every_step(pb_busybox: PB, tmp_path: Path) -> None:
     ctx = make_ctx(tmp_path / "ctx")
     pb_busybox.run("build", "-t", "app", str(ctx))
