@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -113,7 +114,7 @@ class BuildCache:
         if not _KEY.match(step):
             raise ValueError(f"bad step name {step!r}")
         self.donors.mkdir(parents=True, exist_ok=True)
-        tmp = self.donors / f".{step}.{os.getpid()}.tmp"
+        tmp = self.donors / f".{step}.{uuid.uuid4().hex}.tmp"
         tmp.write_text(chain.hex + "\n")
         os.replace(tmp, self.donors / step)
 
