@@ -705,9 +705,11 @@ class _Builder:
         donor_dirs = snaps.dirs(Digest("sha256", donor)) if donor else None
         if donor_dirs and not set(donor_dirs).isdisjoint(snaps.known_dirs(parents)):
             donor_dirs = None
+        snaps.write_sums(chain, {e.path: e.digest for e in entries if e.type == "file" and e.digest})
         tmp = snaps.prepare()
         try:
-            if donor_dirs and write_delta(entries, tmp, donor_dirs, clamp_mtime=self.clamp) is not None:
+            if donor_dirs and write_delta(entries, tmp, donor_dirs, clamp_mtime=self.clamp,
+                                          donor_sums=snaps.sums(Digest("sha256", donor))) is not None:
                 snaps.commit_delta(tmp, chain, donor_dirs)
             else:
                 shutil.rmtree(tmp)

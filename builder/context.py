@@ -1799,6 +1799,15 @@ class ContextFS:
         """See :meth:`BuildContext.open`."""
         return self.ctx.open(path)
 
+    def known_digest(self, path: str) -> str | None:
+        """The sha256 (hex, no prefix) of the regular file ``path`` if this build already has
+        it (the step's input digest computed it), else None; never reads the file."""
+        try:
+            d = self.ctx._digests.get(self.ctx.resolve(path))
+        except UserError:
+            return None
+        return d[7:] if d is not None and d.startswith("sha256:") else None
+
     def all_paths(self) -> list[str]:
         """Every non-excluded path of the context, sorted."""
         return sorted(self.ctx.walk())

@@ -16,6 +16,7 @@ metadata), so the same "upper dir → layer" path serves COPY and RUN. Docker's 
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import posixpath
@@ -326,6 +327,16 @@ class _Node:
     rdev: int = 0
     opener: Callable[[], BinaryIO] | None = None
     merges: bool = True  # a dir: the lower layers' dir at this path shows through
+    digest: str | None = None  # a file: sha256 hex of its content, when the source knows it
+
+
+def _known_digest(it: CopyItem) -> str | None:
+    """The content digest of a file item without reading it: a heredoc's is hashed (it is in
+    memory), a context file's is what the step's input digest computed; else None."""
+    if it.data is not None:
+        return hashlib.sha256(it.data).hexdigest()
+    known = getattr(it.fs, "known_digest", None)
+    return known(it.src) if known is not None else None
 
 
 def _opener(it: CopyItem) -> Callable[[], BinaryIO]:
@@ -477,7 +488,8 @@ class LayerPlan:
                                         opener=_opener(it))
                 return
             self.nodes[key] = _Node("file", mode, uid, gid, mtime,
-                                    size=len(it.data) if it.data is not None else st.size, opener=_opener(it))
+                                    size=len(it.data) if it.data is not None else st.size, opener=_opener(it),
+                                    digest=_known_digest(it))
             if link_key is not None and it.data is None:
                 self._links[link_key] = key
         elif st.kind == "symlink":
@@ -505,7 +517,8 @@ class LayerPlan:
             out.append(Entry(key, n.kind, n.mode, n.uid, n.gid, n.mtime,  # type: ignore[arg-type]
                              size=n.size if n.kind == "file" else 0, linkname=n.linkname,
                              devmajor=os.major(n.rdev) if n.rdev else 0, devminor=os.minor(n.rdev) if n.rdev else 0,
-                             open=n.opener if n.kind == "file" else None))
+                             open=n.opener if n.kind == "file" else None,
+                             digest=n.digest if n.kind == "file" else None))
         out.sort(key=lambda e: tuple(e.path.split("/")))
         return order_hardlinks(out)
 

@@ -18,7 +18,8 @@ only when:
   snapshot is about as cheap and keeps the stack short.
 
 An entry is unchanged when its type, mode, owner, mtime, size (files), target (symlinks) and,
-for files, every byte match the donor's. Directories that differ, or that hold a written
+for files, the content match the donor's: the sha256 when both sides know it (the entry from the
+step's input digest, the donor from the ``.sums`` its build recorded), else every byte. Directories that differ, or that hold a written
 entry, are written with the new layer's metadata (the top copy of a directory wins in overlay).
 """
 from __future__ import annotations
@@ -27,7 +28,7 @@ import os
 import stat
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from pybuild.store.layers import Entry
 from pybuild.store.snapshots import is_opaque, is_whiteout
@@ -84,7 +85,7 @@ def _same_bytes(e: Entry, host: str) -> bool:
         return not b.read(1)
 
 
-def _unchanged(e: Entry, found: tuple[str, os.stat_result]) -> bool:
+def _unchanged(e: Entry, found: tuple[str, os.stat_result], donor_sum: str | None) -> bool:
     host, st = found
     if (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns) != (e.mode, e.uid, e.gid, e.mtime * 10**9):
         return False
@@ -92,17 +93,23 @@ def _unchanged(e: Entry, found: tuple[str, os.stat_result]) -> bool:
         return True
     if e.type == "symlink":
         return os.readlink(host) == e.linkname
-    return st.st_size == e.size and _same_bytes(e, host)
+    if st.st_size != e.size:
+        return False
+    if e.digest is not None and donor_sum is not None:
+        return e.digest == donor_sum
+    return _same_bytes(e, host)
 
 
 def write_delta(entries: Sequence[Entry], root: Path, donor: Sequence[Path],
-                clamp_mtime: int | None = None) -> int | None:
+                clamp_mtime: int | None = None, donor_sums: Mapping[str, str] | None = None) -> int | None:
     """Write into ``root`` (an empty directory) the entries of a layer that differ from the
     donor stack ``donor`` (snapshot dirs, bottom first), so that ``donor + [root]`` is the
     layer's snapshot. Returns the number of entries written, or None (``root`` untouched) when
     the conditions in the module docstring do not hold: the caller then writes a whole snapshot.
     ``entries`` are sorted, parents first, as a LayerPlan gives them; mtimes are clamped to
-    ``clamp_mtime`` as the layer writer clamps them."""
+    ``clamp_mtime`` as the layer writer clamps them. ``donor_sums`` (path -> sha256 hex of the
+    donor layer's files) spares reading a file whose entry carries the same digest."""
+    sums = donor_sums or {}
     if not donor or len(donor) > MAX_STACK:
         return None
     todo = [replace(e, mtime=clamp_mtime) if clamp_mtime is not None and e.mtime > clamp_mtime else e
@@ -129,7 +136,7 @@ def write_delta(entries: Sequence[Entry], root: Path, donor: Sequence[Path],
         found = tree.get(p)
         if found is not None and stat.S_IFMT(found[1].st_mode) != kind[e.type]:
             return None
-        if found is None or not _unchanged(e, found):
+        if found is None or not _unchanged(e, found, sums.get(p)):
             write.add(p)
             if e.type == "file":
                 changed += FILE_COST + e.size

@@ -13,7 +13,7 @@ from pybuild.errors import PybuildError
 from pybuild.oci import Descriptor, Digest, ImageConfig, Index, Manifest, MediaType, chain_ids
 
 from .lock import file_lock
-from .snapshots import BASE_SUFFIX
+from .snapshots import BASE_SUFFIX, SIDECARS
 from .store import Store
 
 __all__ = ["collect", "GCReport", "mark"]
@@ -112,15 +112,18 @@ def collect(store: Store, dry_run: bool = False) -> GCReport:
         if store.snapshots_dir.is_dir():
             chains |= _delta_bases(store, chains)
             for p in store.snapshots_dir.iterdir():
-                if p.name.endswith(BASE_SUFFIX):
-                    if p.name[:-len(BASE_SUFFIX)] not in chains and not dry_run:
-                        p.unlink(missing_ok=True)   # the sidecar goes with its delta
+                side = next((x for x in SIDECARS if p.name.endswith(x) and not p.name.startswith(".")), None)
+                if side is not None:
+                    if p.name[:-len(side)] not in chains and not dry_run:
+                        p.unlink(missing_ok=True)   # a sidecar goes with its snapshot
                     continue
                 if p.name in chains:
                     continue
                 report.snapshots.append(p.name)
-                if not dry_run:
+                if not dry_run and p.is_dir() and not p.is_symlink():
                     shutil.rmtree(p, ignore_errors=True)
+                elif not dry_run:
+                    p.unlink(missing_ok=True)   # a temp sidecar of a killed writer
         if not dry_run:
             report.ingests = store.content.sweep_ingests()
             store.cache.sweep_donors(lambda h: (store.snapshots_dir / h).is_dir())

@@ -66,6 +66,7 @@ class Entry:
     devminor: int = 0
     xattrs: Mapping[str, bytes] = field(default_factory=dict, hash=False)
     open: Callable[[], BinaryIO] | None = field(default=None, compare=False, hash=False)
+    digest: str | None = field(default=None, compare=False, hash=False)  # sha256 hex of the content, if known
 
 
 def normalize_name(name: str) -> str:

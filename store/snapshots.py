@@ -18,6 +18,7 @@ path the layer lacks (the builder checks both before making one), so stacking is
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -25,7 +26,7 @@ import stat
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 
 from pybuild.errors import InvalidArchive
 from pybuild.oci import Descriptor, Digest, chain_ids
@@ -35,9 +36,12 @@ from .content import ContentStore
 from .fsutil import atomic_write, fsync_dir
 from .layers import _opaque, extract_verified
 
-__all__ = ["LayerRef", "Snapshots", "StackView", "is_whiteout", "is_opaque", "BASE_SUFFIX"]
+__all__ = ["LayerRef", "Snapshots", "StackView", "is_whiteout", "is_opaque", "BASE_SUFFIX", "SUMS_SUFFIX",
+           "SIDECARS"]
 
-BASE_SUFFIX = ".base"
+BASE_SUFFIX = ".base"   # a delta snapshot's bases
+SUMS_SUFFIX = ".sums"   # the layer's file digests, where the builder knew them
+SIDECARS = (BASE_SUFFIX, SUMS_SUFFIX)
 _HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -166,6 +170,27 @@ class Snapshots:
         self._publish(upper, dest)
         return dest
 
+    def sums(self, chain: Digest) -> dict[str, str]:
+        """Path -> sha256 hex of the regular files of the layer ``chain`` names, as far as the
+        builder knew them when it wrote the snapshot ({} when unknown or unreadable)."""
+        try:
+            data = json.loads((self.root / f"{chain.hex}{SUMS_SUFFIX}").read_bytes())
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) and _HEX.match(v)
+                                                 for k, v in data.items()):
+            return {}
+        return data
+
+    def write_sums(self, chain: Digest, sums: Mapping[str, str]) -> None:
+        """Record the layer's file digests beside its snapshot. Not fsynced: a torn or missing
+        file reads as {} (unknown), which only costs a byte comparison later."""
+        if not sums:
+            return
+        tmp = self.root / f".tmp-{uuid.uuid4().hex}{SUMS_SUFFIX}"
+        tmp.write_bytes(json.dumps(dict(sums), sort_keys=True).encode())
+        os.replace(tmp, self.root / f"{chain.hex}{SUMS_SUFFIX}")
+
     def commit_delta(self, upper: Path, chain: Digest, bases: Sequence[Path]) -> Path:
         """Make ``upper`` the snapshot for ``chain`` as a delta over the snapshot dirs ``bases``
         (bottom first, all under this store). The sidecar is written (fsynced) before the
@@ -207,10 +232,11 @@ class Snapshots:
                 else:
                     p.unlink(missing_ok=True)
                 n += 1
-            for p in self.root.glob(f"*{BASE_SUFFIX}"):
-                if not (self.root / p.name[:-len(BASE_SUFFIX)]).is_dir():
-                    p.unlink(missing_ok=True)   # its delta never appeared (killed before the rename)
-                    n += 1
+            for suffix in SIDECARS:
+                for p in self.root.glob(f"*{suffix}"):
+                    if not p.name.startswith(".") and not (self.root / p.name[:-len(suffix)]).is_dir():
+                        p.unlink(missing_ok=True)   # its snapshot never appeared, or went
+                        n += 1
         return n
 
 

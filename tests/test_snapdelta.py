@@ -134,6 +134,32 @@ def test_a_kernel_overlay_of_donor_and_delta_shows_the_new_layer(tmp_path: Path)
     assert got == want
 
 
+def test_recorded_digests_spare_reading_and_decide(tmp_path: Path) -> None:
+    """With the donor's digests recorded, a file whose entry carries the same digest is not
+    read (here the donor's bytes differ on purpose, so only the digests can say "same"), and
+    one whose digest differs is written."""
+    import hashlib
+    old = _layer()
+    donor = whole(old, tmp_path / "donor")
+    digest = {e.path: hashlib.sha256(e.open().read()).hexdigest() for e in old if e.type == "file"}
+    entries = [Entry(e.path, e.type, e.mode, e.uid, e.gid, e.mtime, size=e.size, linkname=e.linkname,
+                     open=e.open, digest=digest.get(e.path)) for e in old]
+    (donor / "app/src/d/f007").write_bytes(b"\xff" * 20000)   # same size, other bytes
+    os.utime(donor / "app/src/d/f007", (1000, 1000))
+    entries = [(Entry(e.path, "file", e.mode, 0, 0, e.mtime, size=e.size, open=e.open, digest="0" * 64)
+                if e.path == "app/src/d/f009" else e) for e in entries]
+    delta = tmp_path / "delta"
+    delta.mkdir()
+    assert write_delta(entries, delta, [donor], donor_sums=digest) is not None
+    assert sorted(str(p.relative_to(delta)) for p in delta.rglob("*")) == \
+        ["app", "app/src", "app/src/d", "app/src/d/f009"]
+    # without the digests every byte is compared: f007 differs
+    delta2 = tmp_path / "delta2"
+    delta2.mkdir()
+    assert write_delta(entries, delta2, [donor]) is not None
+    assert "app/src/d/f007" in {str(p.relative_to(delta2)) for p in delta2.rglob("*")}
+
+
 @pytest.mark.parametrize("case", ["removed", "type", "whiteout", "hardlink", "small", "most", "xattr",
                                   "opaque", "stack"])
 def test_no_delta_where_stacking_would_not_be_exact(tmp_path: Path, case: str) -> None:
@@ -258,6 +284,12 @@ def test_rebuild_after_one_changed_file_writes_a_delta_and_runs_on_the_new_conte
         assert _run_out(pb, "app").split()[0] == want.decode().split()[0]
     sidecars = sorted(snaps.glob("*.base"))
     assert len(sidecars) == 3
+    # every COPY snapshot records its files' digests (from the input digest), deltas included
+    import hashlib
+    for side in sidecars:
+        sums = json.loads((snaps / (side.name.removesuffix(".base") + ".sums")).read_text())
+        assert len(sums) == 80
+        assert sums["app/src/d1/f001.txt"] in {hashlib.sha256(b"round %d\n" % r).hexdigest() for r in range(3)}
     deltas = [snaps / p.name.removesuffix(".base") for p in sidecars]
     for d in deltas:      # only the changed file and its parents were written
         assert sorted(str(p.relative_to(d)) for p in d.rglob("*")) == \
@@ -287,3 +319,4 @@ def test_rebuild_after_one_changed_file_writes_a_delta_and_runs_on_the_new_conte
     pb.run("rmi", "app")
     collect(store)
     assert not list(snaps.glob("*.base")) and not list((pb.root / "metadata/cache/donors").glob("*"))
+    assert not list(snaps.glob("*.sums"))
