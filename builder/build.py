@@ -15,33 +15,33 @@ import json
 import os
 import posixpath
 import shutil
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
 
 from pybuild.errors import BuildError, DockerfileError, NotFound, PybuildError, UserError
 from pybuild.oci import ContainerConfig, Descriptor, Digest, History, ImageConfig, Platform, chain_id, chain_ids
 from pybuild.store.cache import CacheRecord
 from pybuild.store.importer import rfc3339, source_date_epoch
-from pybuild.store.layers import Entry, entries_from_upper, write_layer
 from pybuild.store.snapshots import LayerRef, StackView
 from pybuild.store.store import Image, Store
 from pybuild.userns import in_user_namespace
 
 from . import dockerfile as df
-from .remote import download, is_url
 from .cgroups import Limits, sweep_stale
-from .mounts import RunMount, parse_mount
 from .security import SecurityOpts
-from .copy import (CopyItem, ImageFS, LayerPlan, SourceFS, SrcStat, apply_items, materialize, parse_chmod,
-                   plan_sources, resolve_owner)
-from .context_fs import DirFS
-from .snapdelta import write_delta
 from .expand import ExpansionError, env_pairs_expand, expand_heredoc, expand_word, expand_words
 from .explain import Explainer
+
+# The step executors (copy planning, the layer writer, snapshot deltas, downloads, RUN mounts) are
+# imported where a step runs: a build whose steps all hit the cache loads none of them, and a
+# no-op rebuild is mostly Python start-up (docs/performance.md).
+if TYPE_CHECKING:
+    from pybuild.store.layers import Entry
+    from .copy import CopyItem, SourceFS
+    from .mounts import RunMount
 
 __all__ = ["BuildOptions", "BuildResult", "build", "ImageResolver", "StoreResolver", "Progress"]
 
@@ -357,7 +357,8 @@ class _Builder:
             froms: list[str] = []
             if isinstance(ins, df.Copy) and ins.from_:
                 froms.append(self.expand(ins, ins.from_, env))
-            if isinstance(ins, df.Run):
+            if isinstance(ins, df.Run) and ins.mounts:
+                from .mounts import parse_mount
                 for spec in ins.mounts:
                     try:
                         froms.append(parse_mount(self.expand(ins, spec, env)).from_)
@@ -648,6 +649,7 @@ class _Builder:
     def commit_upper(self, ins: df.Instruction, state: _State, upper: Path, canonical: str,
                      lower: list[Path] | None = None) -> None:
         """Turn a RUN step's upper dir into a layer; the upper dir becomes its snapshot."""
+        from pybuild.store.layers import entries_from_upper
         below = StackView(lower if lower is not None else [], cached=True)
         entries = entries_from_upper(upper, lambda p: below.lstat(p) is not None)
         chain = self.commit_entries(state, entries, canonical)
@@ -679,6 +681,7 @@ class _Builder:
                 and self.store.content.has(rec.layer.digest):
             ref = LayerRef(rec.layer, rec.diff_id)
         else:
+            from pybuild.store.layers import write_layer
             result = write_layer(self.store.content, entries, self.opts.compression, clamp_mtime=self.clamp)
             ref = LayerRef(result.descriptor, result.diff_id)
             if reuse is not None:
@@ -699,6 +702,8 @@ class _Builder:
         """Write the snapshot of a layer made from ``entries`` (``parents``: the chain ids
         below it): as a delta over the snapshot the last build of the same step wrote, when
         that one can serve (see builder/snapdelta) and is not in the stack below, else whole."""
+        from .copy import materialize
+        from .snapdelta import write_delta
         snaps = self.store.snapshots
         step = _h("snapshot-donor", canonical)
         donor = self.store.cache.donor(step)
@@ -779,6 +784,7 @@ class _Builder:
             return self.record_meta_keyed(state, canonical)
         if self.from_cache(state, canonical):
             return True
+        from .copy import CopyItem, LayerPlan, SrcStat, resolve_owner
         view = StackView(self.lower_dirs(state), cached=True)
         if view.lstat(view.resolve(new)) is not None:
             return self.record_meta_keyed(state, canonical)
@@ -830,7 +836,10 @@ class _Builder:
             raise self.err(ins, f"unsupported RUN --network={network}", hint="use host or none")
         network = "host" if network == "default" else network
         canonical = "RUN " + (json.dumps(argv) if not ins.shell_form else str(ins.command))
-        mounts = [parse_mount(self.expand(ins, m, self.env_of(state))) for m in ins.mounts]
+        mounts = []
+        if ins.mounts:
+            from .mounts import parse_mount
+            mounts = [parse_mount(self.expand(ins, m, self.env_of(state))) for m in ins.mounts]
         mount_keys = [self.mount_key(ins, m, state) for m in mounts]
         state.key = _h(state.key, canonical, json.dumps(sorted(arg_env.items())), network,
                        *[hashlib.sha256(b).hexdigest() for b in files.values()], *mount_keys,
@@ -918,6 +927,7 @@ class _Builder:
 
     def mount_source_fs(self, ins: df.Instruction, m: RunMount, state: _State) -> tuple[SourceFS, str, bool]:
         """Where a bind mount's files come from: (fs, digest for the cache key, keep owners)."""
+        from .copy import ImageFS
         if not m.from_:
             ctx = self.opts.context
             paths = ctx.expand_sources([m.source or "."])
@@ -941,6 +951,7 @@ class _Builder:
                       binds: list[tuple[str, str, bool]], tmpfs: list[tuple[str, str]], locks: list[int],
                       state: _State) -> None:
         """Make the host side of one RUN --mount and add it to ``binds``/``tmpfs``."""
+        from .copy import apply_items, plan_sources
         if m.type == "tmpfs":
             tmpfs.append((m.target, m.size))
         elif m.type == "secret":
@@ -1006,7 +1017,10 @@ class _Builder:
         if not dest:
             raise self.err(ins, f"{ins.cmd} has an empty destination")
         chown = self.expand(ins, ins.chown, env) if ins.chown else None
-        chmod = parse_chmod(self.expand(ins, ins.chmod, env), where) if ins.chmod else None
+        chmod = None
+        if ins.chmod:
+            from .copy import parse_chmod
+            chmod = parse_chmod(self.expand(ins, ins.chmod, env), where)
         excludes = [self.expand(ins, e, env) for e in ins.exclude]
         heredocs = []
         for h in ins.heredocs:
@@ -1025,6 +1039,7 @@ class _Builder:
         is_add = isinstance(ins, df.Add)
         urls: list[str] = []
         if is_add:
+            from .remote import download, is_url
             for s in srcs:
                 if s.startswith("git@") or s.endswith(".git") or ("://" in s and not is_url(s)):
                     raise self.err(ins, f"ADD from {s}: git and non-HTTP sources are not supported",
@@ -1039,6 +1054,7 @@ class _Builder:
             raise self.err(ins, "--checksum needs exactly one HTTP source")
         downloads = []
         for u in urls:
+            import tempfile
             tmp = tempfile.mkdtemp(dir=self.store.snapshots_dir, prefix=".tmp-dl-")
             try:
                 downloads.append((u, download(u, tmp, checksum)))
@@ -1061,6 +1077,7 @@ class _Builder:
                 layers = [LayerRef(d, i) for d, i in zip(img.manifest.layers, img.config.diff_ids)]
                 view = StackView(self.store.snapshots.ensure(layers), cached=True)
                 input_digest = _h("image", str(img.descriptor.digest))
+            from .copy import ImageFS
             fs = ImageFS(view)
             keep_owner = True
             matched_paths: list[str] = []
@@ -1088,6 +1105,8 @@ class _Builder:
             for t in tmpdirs:
                 shutil.rmtree(t, ignore_errors=True)
             return True
+        from .context_fs import DirFS
+        from .copy import CopyItem, LayerPlan, SrcStat, plan_sources, resolve_owner
         lower = [] if ins.link else self.lower_dirs(state)
         view = StackView(lower, cached=True)
         exclude_fn = self.opts.context.exclude_matcher(excludes) if excludes else None
@@ -1131,7 +1150,10 @@ class _Builder:
     def add_items(self, fs: SourceFS, srcs: list[str], dest: str, workdir: str, view: StackView,
                   tmpdirs: list[str], exclude_fn: Any, where: str) -> list[CopyItem]:
         """ADD: like COPY, but local tar archives (by content) are extracted into ``dest``."""
+        import tempfile
         from pybuild.store.layers import extract_layer, open_decompressed
+        from .context_fs import DirFS
+        from .copy import plan_sources
         plain: list[str] = []
         items: list[CopyItem] = []
         for s in srcs:

@@ -41,14 +41,10 @@ so do the I/O.
 """
 from __future__ import annotations
 
-import bz2
 import errno
-import gzip
 import hashlib
 import io
-import json
 from json.encoder import encode_basestring_ascii as _json_string
-import lzma
 import os
 import posixpath
 import re
@@ -56,19 +52,20 @@ import shutil
 import sqlite3
 import stat
 import sys
-import tarfile
 import tempfile
 import threading
 import time
-import zlib
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from types import MappingProxyType
-from typing import BinaryIO, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, BinaryIO, Callable, Iterable, Iterator, Mapping, Sequence
 
 from pybuild.errors import InvalidArchive, NotFound, StoreError, UsageError, UserError
+
+if TYPE_CHECKING:
+    import tarfile
 
 __all__ = [
     "DEFAULT_DOCKERFILE",
@@ -944,6 +941,10 @@ def _looks_like_tar(head: bytes) -> bool:
 
 
 def _decompressed(raw: BinaryIO, kind: str | None) -> BinaryIO:
+    # The archive modules load only for ADD of a local archive (as do tarfile's, below).
+    import bz2
+    import gzip
+    import lzma
     if kind == "gzip":
         return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
     if kind == "bzip2":
@@ -991,6 +992,7 @@ def _extract_tar(stream: BinaryIO, dest: Path) -> None:
     (with suid/sgid/sticky), mtimes and — when running as root — owners are applied; device nodes
     are skipped.
     """
+    import tarfile
     as_root = os.geteuid() == 0
     root_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     dirs: dict[str, tarfile.TarInfo] = {}
@@ -1031,6 +1033,8 @@ def _extract_tar(stream: BinaryIO, dest: Path) -> None:
 
 
 def _decompress_errors() -> tuple[type[BaseException], ...]:
+    import lzma
+    import zlib
     errors: tuple[type[BaseException], ...] = (EOFError, OSError, zlib.error, lzma.LZMAError)
     zstd = sys.modules.get("zstandard")
     if zstd is not None:

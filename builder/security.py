@@ -15,7 +15,6 @@
 """
 from __future__ import annotations
 
-import ctypes
 import errno
 import json
 import os
@@ -111,6 +110,7 @@ class Prepared:
 
     def apply_privileged(self) -> None:
         """no_new_privs and the bounding set; needs CAP_SETPCAP, so before dropping root."""
+        import ctypes  # a dictionary lookup here: prepare() imported it in the parent, before the fork
         libc = self._libc
         if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
@@ -142,6 +142,7 @@ def prepare(opts: SecurityOpts) -> Prepared:
         flt = _default_filter()
     elif opts.seccomp != "unconfined":
         flt = _profile_filter(opts.seccomp)
+    import ctypes  # here, not at import: a build whose RUN steps are all cached never loads it
     return Prepared(keep, flt, _last_cap(), ctypes.CDLL(None, use_errno=True))
 
 

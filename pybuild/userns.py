@@ -12,11 +12,8 @@ namespace they *are* those ids.
 """
 from __future__ import annotations
 
-import ctypes
 import os
 import pwd
-import shutil
-import subprocess
 import sys
 
 __all__ = ["in_user_namespace", "reexec_in_user_namespace", "subordinate_range"]
@@ -49,6 +46,8 @@ def subordinate_range(path: str, user: str, uid: int) -> tuple[int, int] | None:
 
 def _map_ids(pid: int, uid: int, gid: int, user: str) -> str | None:
     """Write the child's id maps; returns a warning when only a single id could be mapped."""
+    import shutil
+    import subprocess
     subuid = subordinate_range("/etc/subuid", user, uid)
     subgid = subordinate_range("/etc/subgid", user, uid)
     tools = shutil.which("newuidmap") and shutil.which("newgidmap")
@@ -79,6 +78,7 @@ def reexec_in_user_namespace(argv: list[str]) -> int | None:
     user namespace and return its exit code; returns None when nothing needs doing (root)."""
     if os.geteuid() == 0 or os.environ.get(_ENV):
         return None
+    import ctypes  # only here: every command calls this, and root never gets past the test above
     uid, gid = os.getuid(), os.getgid()
     user = pwd.getpwuid(uid).pw_name
     libc = ctypes.CDLL(None, use_errno=True)

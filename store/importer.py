@@ -8,9 +8,6 @@ always gives the same image digest.
 from __future__ import annotations
 
 import os
-import shutil
-import tarfile
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -18,7 +15,6 @@ from pybuild.errors import InvalidArchive, NotFound, UserError
 from pybuild.oci import Descriptor, History, ImageConfig, Platform
 from pybuild.reference import parse_reference
 
-from .layers import entries_from_tar, open_decompressed, write_layer
 from .store import Store
 
 __all__ = ["import_rootfs", "source_date_epoch", "rfc3339"]
@@ -50,6 +46,11 @@ def import_rootfs(store: Store, tarball: str | os.PathLike[str], name: str,
     InvalidArchive (not a tar / unsafe entries), InvalidReference (bad name). The store is
     unchanged when it raises (no tag is written before the image is complete).
     """
+    import shutil
+    import tarfile
+    import tempfile
+    # Imported here: a build imports this module only for rfc3339 and source_date_epoch.
+    from .layers import entries_from_tar, open_decompressed, write_layer
     ref = parse_reference(name)  # validate before touching anything
     if ref.digest is not None:
         raise UserError(f"cannot import into a digest reference {name!r}", hint="use NAME[:TAG]")

@@ -32,6 +32,7 @@ from pybuild.oci import Descriptor, Digest, MediaType
 from pybuild.paths import TooManyLinks, resolve_in_root
 
 from .content import ContentStore
+from .snapshots import is_opaque
 
 __all__ = [
     "Entry", "WHITEOUT_PREFIX", "OPAQUE_WHITEOUT", "entries_from_dir", "entries_from_tar", "entries_from_upper",
@@ -208,7 +209,7 @@ def entries_from_upper(upper: str | os.PathLike[str], exists_below: Callable[[st
                                  open=lambda: io.BytesIO(b"")))
             continue
         out.append(e)
-        if e.type == "dir" and _opaque(os.path.join(base, e.path)):
+        if e.type == "dir" and is_opaque(os.path.join(base, e.path)):
             out.append(Entry(path=f"{e.path}/{OPAQUE_WHITEOUT}", type="file", mode=0o600, uid=0, gid=0,
                              mtime=e.mtime, size=0, open=lambda: io.BytesIO(b"")))
     return sorted(out, key=lambda x: _sort_key(x.path))
@@ -219,16 +220,6 @@ def _opaque_xattr() -> str:
     userxattr mode), where trusted.* cannot be set."""
     from pybuild.userns import in_user_namespace
     return "user.overlay.opaque" if in_user_namespace() else "trusted.overlay.opaque"
-
-
-def _opaque(path: str) -> bool:
-    for n in ("trusted.overlay.opaque", "user.overlay.opaque"):
-        try:
-            if os.getxattr(path, n, follow_symlinks=False) == b"y":
-                return True
-        except OSError:
-            continue
-    return False
 
 
 _TAR_TYPES: dict[bytes, EntryType] = {

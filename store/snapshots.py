@@ -34,7 +34,6 @@ from pybuild.paths import TooManyLinks, resolve_in_root
 
 from .content import ContentStore
 from .fsutil import atomic_write, fsync_dir
-from .layers import _opaque, extract_verified
 
 __all__ = ["LayerRef", "Snapshots", "StackView", "is_whiteout", "is_opaque", "BASE_SUFFIX", "SUMS_SUFFIX",
            "SIDECARS"]
@@ -134,6 +133,7 @@ class Snapshots:
         shutil.rmtree(tmp, ignore_errors=True)
 
     def _extract(self, ref: LayerRef, dest: Path) -> None:
+        from .layers import extract_verified  # the tar reader loads only when a layer is extracted
         tmp = self.root / f".tmp-{uuid.uuid4().hex}"
         tmp.mkdir(parents=True)
         try:
@@ -246,8 +246,15 @@ def is_whiteout(st: os.stat_result) -> bool:
 
 
 def is_opaque(path: str | os.PathLike[str]) -> bool:
-    """An overlayfs opaque directory (lower entries below it are hidden)."""
-    return _opaque(os.fspath(path))
+    """An overlayfs opaque directory (lower entries below it are hidden): the opaque xattr is
+    ``y``, as ``trusted.overlay.opaque`` (root) or ``user.overlay.opaque`` (a user namespace)."""
+    for n in ("trusted.overlay.opaque", "user.overlay.opaque"):
+        try:
+            if os.getxattr(path, n, follow_symlinks=False) == b"y":
+                return True
+        except OSError:
+            continue
+    return False
 
 
 class StackView:

@@ -114,14 +114,14 @@ def test_no_op_rebuild_hashes_no_file(pb_busybox: PB, tmp_path: Path) -> None:
 
 
 def _count_layer_writes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    import pybuild.builder.build as b
+    import pybuild.store.layers as layers  # build.py imports write_layer from here when a step writes
     calls: list[int] = []
-    real = b.write_layer
+    real = layers.write_layer
 
     def counting(*a, **kw):
         calls.append(1)
         return real(*a, **kw)
-    monkeypatch.setattr(b, "write_layer", counting)
+    monkeypatch.setattr(layers, "write_layer", counting)
     return calls
 
 

@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -85,6 +86,38 @@ def overlay_mounts(root: Path) -> int:
     """Mounts that mention this store (a sandbox's mounts live in its own namespace, so none
     should ever be visible here)."""
     return sum(1 for line in Path("/proc/self/mounts").read_text().splitlines() if str(root) in line)
+
+
+# What a build whose every step is cached must not load: the step executors (COPY planning, the
+# layer writer and extractor, snapshot deltas, downloads, RUN mounts, the sandbox, the copy
+# snapshotter), the modules only they need, and the registry client. A no-op rebuild is mostly
+# Python start-up, so each of these is time on every rebuild (docs/performance.md).
+STEP_ONLY_MODULES = {
+    "pybuild.builder.copy", "pybuild.builder.context_fs", "pybuild.builder.snapdelta", "pybuild.builder.remote",
+    "pybuild.builder.mounts", "pybuild.builder.sandbox", "pybuild.builder.vfs", "pybuild.store.layers",
+    "pybuild.registry", "requests",
+    "tarfile", "gzip", "ctypes", "subprocess", "csv",
+}
+
+
+def test_a_fully_cached_build_loads_no_step_executor(pb_busybox: PB, tmp_path: Path) -> None:
+    df = ("FROM busybox\nWORKDIR /app\nCOPY a.txt ./\nRUN echo hi > /app/hi\n"
+          "RUN echo two > /app/two\nENV X=1\nCMD [\"cat\", \"/app/hi\"]\n")
+    (tmp_path / "ctx").mkdir()
+    (tmp_path / "ctx/a.txt").write_text("a\n")
+    first = build(pb_busybox, tmp_path, df, "-t", "lazy")
+    assert "CACHED" not in first.out
+    probe = tmp_path / "modules.json"
+    code = ("import json, sys\nfrom pybuild.cli import main\n"
+            f"rc = main(['--root', {str(pb_busybox.root)!r}, 'build', '--progress', 'plain', '-t', 'lazy', "
+            f"{str(tmp_path / 'ctx')!r}])\n"
+            f"open({str(probe)!r}, 'w').write(json.dumps({{'rc': rc, 'modules': sorted(sys.modules)}}))\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.count(": CACHED") == 6, p.stdout  # WORKDIR, COPY, two RUNs, ENV, CMD
+    got = json.loads(probe.read_text())
+    assert got["rc"] == 0
+    assert STEP_ONLY_MODULES.isdisjoint(got["modules"]), sorted(STEP_ONLY_MODULES & set(got["modules"]))
 
 
 def test_run_step_is_isolated(pb_busybox: PB, tmp_path: Path) -> None:
