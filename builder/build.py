@@ -1039,6 +1039,7 @@ class _Builder:
         is_add = isinstance(ins, df.Add)
         urls: list[str] = []
         if is_add:
+            import tempfile
             from .remote import download, is_url
             for s in srcs:
                 if s.startswith("git@") or s.endswith(".git") or ("://" in s and not is_url(s)):
@@ -1054,7 +1055,6 @@ class _Builder:
             raise self.err(ins, "--checksum needs exactly one HTTP source")
         downloads = []
         for u in urls:
-            import tempfile
             tmp = tempfile.mkdtemp(dir=self.store.snapshots_dir, prefix=".tmp-dl-")
             try:
                 downloads.append((u, download(u, tmp, checksum)))

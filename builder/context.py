@@ -941,7 +941,7 @@ def _looks_like_tar(head: bytes) -> bool:
 
 
 def _decompressed(raw: BinaryIO, kind: str | None) -> BinaryIO:
-    # The archive modules load only for ADD of a local archive (as do tarfile's, below).
+    # Imported here, as tarfile is in _extract_tar: only ADD of a local archive needs them.
     import bz2
     import gzip
     import lzma
