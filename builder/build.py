@@ -1034,6 +1034,7 @@ class _Builder:
         workdir = state.config.config.WorkingDir or "/"
         keep_owner = False
         fs: SourceFS
+        src_layers: list[LayerRef] | None = None  # COPY --from: the source's layers
         input_digest: str
         from_ = ins.from_ if isinstance(ins, df.Copy) else None
         is_add = isinstance(ins, df.Add)
@@ -1065,20 +1066,16 @@ class _Builder:
             ref = self.expand(ins, from_, env)
             idx = dockerfile.resolve_stage(ref, stage.index, line=ins.line)
             if idx is not None:
-                src_state = states[idx]
-                view = StackView(self.store.snapshots.ensure(src_state.layers), cached=True)
-                input_digest = _h("stage", (chain_id([x.diff_id for x in src_state.layers]) or Digest.of(b"")).hex)
+                src_layers = states[idx].layers
+                input_digest = _h("stage", (chain_id([x.diff_id for x in src_layers]) or Digest.of(b"")).hex)
             else:
                 try:
                     img = self.resolver.resolve(ref, self.platform)
                 except PybuildError as e:
                     raise DockerfileError(f"COPY --from={ref}: {e.message}", file=self.file, line=ins.line,
                                           text=ins.original.splitlines()[0], hint=e.hint) from None
-                layers = [LayerRef(d, i) for d, i in zip(img.manifest.layers, img.config.diff_ids)]
-                view = StackView(self.store.snapshots.ensure(layers), cached=True)
+                src_layers = [LayerRef(d, i) for d, i in zip(img.manifest.layers, img.config.diff_ids)]
                 input_digest = _h("image", str(img.descriptor.digest))
-            from .copy import ImageFS
-            fs = ImageFS(view)
             keep_owner = True
             matched_paths: list[str] = []
         else:
@@ -1106,7 +1103,9 @@ class _Builder:
                 shutil.rmtree(t, ignore_errors=True)
             return True
         from .context_fs import DirFS
-        from .copy import CopyItem, LayerPlan, SrcStat, plan_sources, resolve_owner
+        from .copy import CopyItem, ImageFS, LayerPlan, SrcStat, plan_sources, resolve_owner
+        if src_layers is not None:  # the source stage's or image's files, read only when the step runs
+            fs = ImageFS(StackView(self.store.snapshots.ensure(src_layers), cached=True))
         lower = [] if ins.link else self.lower_dirs(state)
         view = StackView(lower, cached=True)
         exclude_fn = self.opts.context.exclude_matcher(excludes) if excludes else None

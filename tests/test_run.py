@@ -101,7 +101,8 @@ STEP_ONLY_MODULES = {
 
 
 def test_a_fully_cached_build_loads_no_step_executor(pb_busybox: PB, tmp_path: Path) -> None:
-    df = ("FROM busybox\nWORKDIR /app\nCOPY a.txt ./\nRUN echo hi > /app/hi\n"
+    df = ("FROM busybox AS src\nRUN echo s > /s\n"
+          "FROM busybox\nWORKDIR /app\nCOPY a.txt ./\nCOPY --from=src /s /app/s\nRUN echo hi > /app/hi\n"
           "RUN echo two > /app/two\nENV X=1\nCMD [\"cat\", \"/app/hi\"]\n")
     (tmp_path / "ctx").mkdir()
     (tmp_path / "ctx/a.txt").write_text("a\n")
@@ -114,7 +115,7 @@ def test_a_fully_cached_build_loads_no_step_executor(pb_busybox: PB, tmp_path: P
             f"open({str(probe)!r}, 'w').write(json.dumps({{'rc': rc, 'modules': sorted(sys.modules)}}))\n")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
-    assert p.stdout.count(": CACHED") == 6, p.stdout  # WORKDIR, COPY, two RUNs, ENV, CMD
+    assert p.stdout.count(": CACHED") == 8, p.stdout  # src's RUN; WORKDIR, two COPYs, two RUNs, ENV, CMD
     got = json.loads(probe.read_text())
     assert got["rc"] == 0
     assert STEP_ONLY_MODULES.isdisjoint(got["modules"]), sorted(STEP_ONLY_MODULES & set(got["modules"]))
