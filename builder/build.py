@@ -210,6 +210,8 @@ class BuildResult:
     cached_steps: int
     total_steps: int
     cache_keys: tuple[str, ...] = ()
+    executed_steps: int = 0            # steps that ran (not from the cache), ONBUILD triggers included
+    remote_inputs: bool = False        # a step read from the network (ADD of a URL)
 
 
 @dataclass
@@ -259,6 +261,8 @@ class _Builder:
         self.chains: list[Digest] = []
         self.cached = 0
         self.total = 0
+        self.executed = 0
+        self.remote_inputs = False
         self.platform = opts.platform
         self.escape = "\\"
         self._driver: str | None = None
@@ -320,7 +324,8 @@ class _Builder:
         self.store.cache.link(desc.digest, self.keys + self.reuse_keys, self.chains)
         self.explain.save(tags, desc.digest)
         image_id = self.store.load(desc).id
-        return BuildResult(desc, image_id, tags, self.cached, self.total, tuple(self.keys))
+        return BuildResult(desc, image_id, tags, self.cached, self.total, tuple(self.keys), self.executed,
+                           self.remote_inputs)
 
     def eval_global_args(self, dockerfile: df.Dockerfile) -> dict[str, str | None]:
         env: dict[str, str | None] = dict(self.platform_args())
@@ -484,7 +489,10 @@ class _Builder:
                      states: dict[int, _State]) -> bool:
         """Run one step; any error that does not already say where gets the step's file:line."""
         try:
-            return self.step(dockerfile, stage, ins, state, states)
+            cached = self.step(dockerfile, stage, ins, state, states)
+            if not cached:
+                self.executed += 1
+            return cached
         except DockerfileError:
             raise
         except (UserError, BuildError) as e:
@@ -1048,6 +1056,7 @@ class _Builder:
                                    hint="clone or download into the context and COPY it")
             urls = [s for s in srcs if is_url(s)]
             srcs = [s for s in srcs if not is_url(s)]
+            self.remote_inputs = self.remote_inputs or bool(urls)
             if urls and len(urls) + len(srcs) > 1 and not dest.endswith("/"):
                 raise self.err(ins, "when adding several sources, the destination must be a directory "
                                     "and end with a /", hint=f"write {dest}/")

@@ -1160,10 +1160,13 @@ class BuildContext:
     def __init__(self, *, kind: ContextKind, root: Path | None, dockerfile: DockerfileSource,
                  ignore_file: str | None = None, ignore_patterns: Sequence[str] = (),
                  stat_cache: StatCache | None = None, cleanup_dir: Path | None = None,
-                 owns_stat_cache: bool = False) -> None:
+                 owns_stat_cache: bool = False,
+                 host_inputs: Sequence[tuple[str, str | None]] = ()) -> None:
         """Assemble a context from prepared parts (no I/O). Raises UserError for bad patterns.
 
         With ``owns_stat_cache`` :meth:`close` also closes ``stat_cache`` (else it only flushes).
+        ``host_inputs`` are the host files that decided the Dockerfile and the ignore rules, as
+        ``(absolute path, sha256 hex of the bytes used, or None when the file was absent)``.
         """
         self.kind = kind
         self.root = root
@@ -1174,8 +1177,10 @@ class BuildContext:
         self.stat_cache = stat_cache
         self._owns_stat_cache = owns_stat_cache
         self._cleanup_dir = cleanup_dir
+        self.host_inputs: tuple[tuple[str, str | None], ...] = tuple(host_inputs)
         self._lock = threading.RLock()
         self._index: dict[str, ContextEntry] | None = None
+        self._looked_into: list[ContextEntry] = []   # excluded directories the walk descended
         self._children: dict[str, list[str]] = {}
         self._root_entry: ContextEntry | None = None
         self._digests: dict[str, str] = {}
@@ -1339,6 +1344,23 @@ class BuildContext:
         for names in children.values():
             names.sort()
         self._index, self._children = index, children
+        self._looked_into = [e for p, e in deferred.items() if p not in index]
+
+    def walked_entries(self) -> list[ContextEntry]:
+        """Every entry whose ``lstat`` the index depends on, as the walk saw it (walking first if
+        needed): the root, every included path, and every excluded directory the walk looked
+        into for exceptions below it.
+
+        Any change that can change the index changes one of these entries' stat: new content
+        changes a file's mtime and ctime, a chmod or chown its ctime, and an entry added, removed
+        or renamed changes its directory's. Empty for a context that is not a host directory.
+        Raises what :meth:`walk` raises.
+        """
+        if self.kind is not ContextKind.DIR:
+            return []
+        self.walk()
+        assert self._root_entry is not None and self._index is not None
+        return [self._root_entry, *self._index.values(), *self._looked_into]
 
     # -- lookups -----------------------------------------------------------------------------
     def is_excluded(self, relpath: str) -> bool:
@@ -1978,17 +2000,26 @@ def _open_dir_context(path: Path, df: str | None, stdin: BinaryIO | None,
         name = df if df is not None else df_path.name
         source = DockerfileSource(name, _read_host_file(df_path, "Dockerfile"), df_path)
 
+    inputs: list[tuple[str, str | None]] = []  # what decided the Dockerfile and the ignore rules
+    if df is None and df_path.name != DEFAULT_DOCKERFILE:
+        inputs.append((os.fspath(root / DEFAULT_DOCKERFILE), None))
+    if source.path is not None:
+        inputs.append((os.fspath(source.path), hashlib.sha256(source.data).hexdigest()))
+
     def reader(p: Path) -> bytes | None:
         try:
-            return p.read_bytes()
+            data = p.read_bytes()
         except FileNotFoundError:
+            inputs.append((os.fspath(p), None))
             return None
         except OSError as e:
             raise UserError(f"cannot read ignore file {p}: {e.strerror or e}") from e
+        inputs.append((os.fspath(p), hashlib.sha256(data).hexdigest()))
+        return data
 
     ignore_file, patterns = _ignore_for(source.path, reader, root / DOCKERIGNORE)
     return BuildContext(kind=ContextKind.DIR, root=root, dockerfile=source, ignore_file=ignore_file,
-                        ignore_patterns=patterns, stat_cache=stat_cache)
+                        ignore_patterns=patterns, stat_cache=stat_cache, host_inputs=inputs)
 
 
 def _open_tar_context(stream: BinaryIO, comp: str | None, label: str, df: str | None,

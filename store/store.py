@@ -25,6 +25,7 @@ from pybuild.errors import InvalidReference, NotFound, StoreError
 from pybuild.oci import (Descriptor, Digest, ImageConfig, Index, Manifest, MediaType, Platform,
                          canonical_json)
 from pybuild.reference import parse_reference
+from pybuild.storeroot import default_store_root
 
 from .cache import BuildCache
 from .content import ContentStore
@@ -41,13 +42,7 @@ _HEX_PREFIX = re.compile(r"^(sha256:)?[a-f0-9]{4,64}$")
 
 def default_root() -> Path:
     """``$PYBUILD_ROOT``, else /var/lib/pybuild for root, else ``$XDG_DATA_HOME/pybuild``."""
-    env = os.environ.get("PYBUILD_ROOT")
-    if env:
-        return Path(env)
-    if os.geteuid() == 0:
-        return Path("/var/lib/pybuild")
-    xdg = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return Path(xdg) / "pybuild"
+    return Path(default_store_root())
 
 
 @dataclass(frozen=True)
