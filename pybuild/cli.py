@@ -488,6 +488,10 @@ def build_cmd(c: Ctx, context: str, tags: tuple[str, ...], file: str | None, bui
     mode = "quiet" if quiet else progress
     if mode == "auto":
         mode = "tty" if sys.stdout.isatty() else "plain"
+    from pybuild.uptodate import parse_invocation
+    # an invocation the up-to-date check can answer next time (see pybuild/uptodate.py)
+    inv = parse_invocation(_argv) if _argv is not None and mode == "plain" else None
+    started_ns = time.time_ns()
     store = c.store()
     store.init()
     if cache_to:
@@ -510,13 +514,17 @@ def build_cmd(c: Ctx, context: str, tags: tuple[str, ...], file: str | None, bui
                             secrets=_secrets(secrets), cache_from=tuple(remotes),
                             security=parse_security_opt(security_opt, cap_add, cap_drop),
                             storage_driver=storage_driver, explain_cache=explain_cache)
-        prog = _build_progress(mode, Progress)
+        printed: list[str] = []
+        prog = _build_progress(mode, Progress, tee=printed if inv is not None else None)
+        index_before = _index_bytes(store) if inv is not None else None
         try:
             result = build(store, opts, progress=prog)
         except DockerfileError as e:
             e.source = bc.dockerfile_text  # the error shows the Dockerfile around the failing line
             e.log = getattr(prog, "failure", [])  # quiet: the failing step's output tail
             raise
+        if inv is not None:
+            _keep_uptodate_record(inv, store, opts, bc, result, printed, index_before, started_ns)
     for o in outs:
         _export(store, result, o)
     if cache_to:
@@ -536,23 +544,77 @@ def build_cmd(c: Ctx, context: str, tags: tuple[str, ...], file: str | None, bui
     if mode == "quiet":
         click.echo(str(result.image_id))
     else:
-        for t in result.tags:
-            click.echo(f"Successfully tagged {t}")
-        click.echo(f"--> {result.image_id}")
+        for line in _result_lines(result):
+            click.echo(line)
 
 
-def _build_progress(mode: str, progress_cls: "Any") -> "Any":
+def _result_lines(result: "Any") -> list[str]:
+    """What a (not quiet) build prints last."""
+    return [*(f"Successfully tagged {t}" for t in result.tags), f"--> {result.image_id}"]
+
+
+def _build_progress(mode: str, progress_cls: "Any", tee: list[str] | None = None,
+                    echo: bool = True) -> "Any":
     """The build's progress: the live view on a terminal (``tty``), the builder's own line log
     (``plain``), or only a failing step's output (``quiet``); FROM pulls report their transfers
-    through it."""
+    through it. In ``plain`` mode every line is also appended to ``tee``, if given, and printed
+    only with ``echo``."""
     from pybuild.progress import LiveBuildView, TransferView
     if mode == "tty":
         return LiveBuildView(sys.stdout)
     if mode == "quiet":  # silent, but a failing step's output tail goes into the error message
         return LiveBuildView(sys.stderr, live=False)
-    prog = progress_cls(mode, out=lambda line: click.echo(line, err=False), stream=sys.stdout)
+
+    def out(line: str) -> None:
+        if echo:
+            click.echo(line, err=False)
+        if tee is not None:
+            tee.append(line)
+    prog = progress_cls(mode, out=out, stream=sys.stdout)
     prog.transfer = TransferView(mode, out=prog.line)
     return prog
+
+
+def _index_bytes(store: "Any") -> bytes | None:
+    try:
+        return (store.root / "index.json").read_bytes()
+    except OSError:
+        return None
+
+
+def _keep_uptodate_record(inv: "Any", store: "Any", opts: "Any", bc: "Any", result: "Any", printed: list[str],
+                          index_before: bytes | None, started_ns: int) -> None:
+    """Keep the up-to-date record of this build (pybuild/uptodate.py): the exact output of a
+    rebuild that finds every step in the cache, and the state of the inputs.
+
+    When this build was such a rebuild (no step ran, nothing was pulled or re-tagged), its own
+    output is recorded. Else the build runs once more, silently: that run must find every step
+    in the cache and make the same image, and its output is recorded. Builds with remote inputs
+    (ADD of a URL) get no record. Never raises: the record only saves time.
+    """
+    from pybuild.builder.build import Progress, build
+    from pybuild.uptodate import record
+    if result.remote_inputs:
+        return
+    try:
+        if result.executed_steps or index_before is None or _index_bytes(store) != index_before:
+            printed = []
+            again = build(store, opts, progress=_build_progress("plain", Progress, tee=printed, echo=False))
+            if again.executed_steps or again.remote_inputs or again.descriptor != result.descriptor:
+                return
+        # the tags as this build left them (not as a concurrent command may have changed them since)
+        index = _index_bytes(store)
+        tagged = {e.name: e.descriptor.digest for e in store.tags.read()}
+        if index is None or _index_bytes(store) != index or \
+                any(tagged.get(t) != result.descriptor.digest for t in result.tags):
+            return
+        output = "".join(f"{line}\n" for line in [*printed, *_result_lines(result)])
+        m = store.load(result.descriptor).manifest
+        blobs = [(os.fspath(store.content.blob_path(d.digest)), d.size)
+                 for d in (result.descriptor, m.config, *m.layers)]
+        record(inv, context=bc, output=output, blobs=blobs, index=index, started_ns=started_ns)
+    except (PybuildError, OSError):
+        return
 
 
 class _transfers:
@@ -756,6 +818,9 @@ _GLOBAL_WITH_VALUE = {"--root"}
 _GLOBAL_FLAGS = {"--debug"}
 
 
+_argv: list[str] | None = None  # the arguments main() was given: the key of the up-to-date record
+
+
 def _insert_build(args: list[str]) -> list[str]:
     """``pybuild -t TAG CONTEXT`` means ``pybuild build -t TAG CONTEXT`` (docker's shorthand)."""
     i = 0
@@ -776,7 +841,9 @@ def _insert_build(args: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: runs the CLI and turns PybuildError into a message and an exit code."""
-    args = _insert_build(list(sys.argv[1:] if argv is None else argv))
+    global _argv
+    _argv = list(sys.argv[1:] if argv is None else argv)
+    args = _insert_build(list(_argv))
     debug = "--debug" in args
     from pybuild.userns import reexec_in_user_namespace
     rc = reexec_in_user_namespace(args)  # not root: continue as root of a user namespace

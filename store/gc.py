@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from pybuild.errors import PybuildError
 from pybuild.oci import Descriptor, Digest, ImageConfig, Index, Manifest, MediaType, chain_ids
+from pybuild.storeroot import UPTODATE_DIR
 
 from .lock import file_lock
 from .snapshots import BASE_SUFFIX, SIDECARS
@@ -94,6 +95,8 @@ def collect(store: Store, dry_run: bool = False) -> GCReport:
     """
     report = GCReport()
     with store.exclusive(), file_lock(store.tags.lock_path):
+        if not dry_run:  # a record may name cache entries this sweep removes: rebuild them normally
+            shutil.rmtree(store.root / UPTODATE_DIR, ignore_errors=True)
         tagged = {e.descriptor.digest for e in store.tags.read()}
         cache_roots, report.cache_records = store.cache.sweep(tagged, dry_run=dry_run)
         blobs, chains = mark(store)
