@@ -843,7 +843,13 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: runs the CLI and turns PybuildError into a message and an exit code."""
     global _argv
     _argv = list(sys.argv[1:] if argv is None else argv)
-    args = _insert_build(list(_argv))
+    try:
+        return _main(_insert_build(list(_argv)))
+    finally:
+        _argv = None  # an in-process cli.main() call later (tests) must not see these arguments
+
+
+def _main(args: list[str]) -> int:
     debug = "--debug" in args
     from pybuild.userns import reexec_in_user_namespace
     rc = reexec_in_user_namespace(args)  # not root: continue as root of a user namespace
