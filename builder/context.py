@@ -583,6 +583,20 @@ class StatKey:
         return cls(path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
+RACY_WINDOW_NS = 100_000_000
+"""How close to the moment a file was looked at its timestamps may be before they are not trusted."""
+
+
+def is_racy(mtime_ns: int, ctime_ns: int, at_ns: int, window_ns: int = RACY_WINDOW_NS) -> bool:
+    """True when a file with these timestamps, looked at from ``at_ns`` (``time.time_ns()``) on,
+    could change again without its timestamps changing (git's "racily clean" problem): one of
+    them is within ``window_ns`` of ``at_ns``, or within two seconds on a file system with
+    whole-second timestamps. Pure."""
+    if mtime_ns % 1_000_000_000 == 0 and ctime_ns % 1_000_000_000 == 0:
+        window_ns = max(window_ns, 2_000_000_000)
+    return max(mtime_ns, ctime_ns) > at_ns - window_ns
+
+
 def _i64(v: int) -> int:
     """Map an unsigned 64-bit number (st_ino, st_dev) into sqlite's signed INTEGER range."""
     return v - (1 << 64) if v >= (1 << 63) else v
@@ -601,7 +615,7 @@ class StatCache:
     told when hashing started. File systems with whole-second timestamps get a two-second window.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, racy_window_ns: int = 100_000_000,
+    def __init__(self, path: str | os.PathLike[str], *, racy_window_ns: int = RACY_WINDOW_NS,
                  timeout: float = 30.0) -> None:
         self.path = Path(path)
         self.racy_window_ns = racy_window_ns
@@ -695,10 +709,7 @@ class StatCache:
 
     def is_racy(self, key: StatKey, hashed_at_ns: int) -> bool:
         """True when the file's timestamps are too close to ``hashed_at_ns`` to trust them."""
-        window = self.racy_window_ns
-        if key.mtime_ns % 1_000_000_000 == 0 and key.ctime_ns % 1_000_000_000 == 0:
-            window = max(window, 2_000_000_000)
-        return max(key.mtime_ns, key.ctime_ns) > hashed_at_ns - window
+        return is_racy(key.mtime_ns, key.ctime_ns, hashed_at_ns, self.racy_window_ns)
 
     def put(self, key: StatKey, digest: str, *, hashed_at_ns: int | None = None) -> bool:
         """Remember ``digest`` for ``key`` (buffered until :meth:`flush`).

@@ -28,8 +28,9 @@ this exact invocation exists and every check holds, it prints the recorded outpu
 command ends with 0, in the time it takes to ``lstat`` the context. Any difference or error
 takes the normal path, which rebuilds from the step cache and writes a new record. There is no
 record for an invocation with an option outside :data:`VALUE_OPTIONS` (``--no-cache``, ``-q``,
-``--push``…), a build with remote inputs (``ADD`` of a URL), or a context file that changed
-within :data:`RACY_WINDOW_NS` before the build looked at it (a later change could leave the
+``--push``…), a build with remote inputs (``ADD`` of a URL), or a context file whose
+timestamps are as racy as the stat cache's rule says (``builder.context.is_racy``: within
+0.1 s of the build's start, 2 s on whole-second file systems; a later change could leave the
 same timestamps).
 
 This module imports only the standard library: it is the first thing every ``pybuild`` runs.
@@ -49,7 +50,6 @@ from pybuild.storeroot import UPTODATE_DIR, default_store_root
 __all__ = ["Invocation", "parse_invocation", "replay", "record", "VALUE_OPTIONS"]
 
 VERSION = 1
-RACY_WINDOW_NS = 100_000_000            # as the stat cache's racy window (builder/context.py)
 
 # The build options an up-to-date invocation may have (each takes a value). Anything else —
 # flags such as --no-cache, --push, --iidfile, -q, --output, --secret, --cache-from, --debug —
@@ -232,17 +232,17 @@ def record(inv: Invocation, *, context: Any, output: str, blobs: Sequence[tuple[
     from before the context was opened.
 
     Writes nothing and returns False when the context is not a host
-    directory or a context entry changed within :data:`RACY_WINDOW_NS` before ``started_ns``
-    (a later change could keep the same timestamps). Raises OSError when the record cannot be
-    written.
+    directory or a context entry's timestamps are racy at ``started_ns`` (a later change could
+    keep the same timestamps; see ``builder.context.is_racy``). Raises OSError when the record
+    cannot be written.
     """
     if context.dockerfile.path is None:
         return False
     entries = context.walked_entries()
     if not entries:
         return False
-    racy = started_ns - RACY_WINDOW_NS
-    if any(e.ctime_ns >= racy for e in entries):
+    from pybuild.builder.context import is_racy  # loaded already: the build used it
+    if any(is_racy(e.mtime_ns, e.ctime_ns, started_ns) for e in entries):
         return False
     root = os.fspath(context.root)
     code = []

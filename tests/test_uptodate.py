@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from pybuild.uptodate import RACY_WINDOW_NS, parse_invocation
+from pybuild.builder.context import RACY_WINDOW_NS
+from pybuild.uptodate import parse_invocation
 
 from conftest import PB
 
@@ -231,15 +232,17 @@ def test_a_racy_file_gets_no_record(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     ctx.mkdir()
     (ctx / "Dockerfile").write_text("FROM busybox\nCOPY a.txt /\n")
     (ctx / "a.txt").write_text("a\n")
-    newest = max(os.lstat(p).st_ctime_ns for p in (ctx, ctx / "a.txt", ctx / "Dockerfile"))
+    stats = [os.lstat(p) for p in (ctx, ctx / "a.txt", ctx / "Dockerfile")]
+    newest = max(max(st.st_ctime_ns, st.st_mtime_ns) for st in stats)
     inv = parse_invocation(["--root", str(tmp_path / "store"), "build", "-t", "a", "ctx"])
     assert inv is not None
     with open_build_context(ctx) as bc:
         # a build that looked at the context within the window after the last change: no record
-        assert not record(inv, context=bc, output="x\n", blobs=[], index=b"{}", started_ns=newest + RACY_WINDOW_NS)
+        assert not record(inv, context=bc, output="x\n", blobs=[], index=b"{}",
+                          started_ns=newest + RACY_WINDOW_NS - 1)
         assert not os.path.exists(inv.record_path)
         # one that looked later may keep it
-        assert record(inv, context=bc, output="x\n", blobs=[], index=b"{}", started_ns=newest + RACY_WINDOW_NS + 1)
+        assert record(inv, context=bc, output="x\n", blobs=[], index=b"{}", started_ns=newest + RACY_WINDOW_NS)
         assert os.path.exists(inv.record_path)
 
 
