@@ -490,7 +490,7 @@ def build_cmd(c: Ctx, context: str, tags: tuple[str, ...], file: str | None, bui
         mode = "tty" if sys.stdout.isatty() else "plain"
     from pybuild.uptodate import parse_invocation
     # an invocation the up-to-date check can answer next time (see pybuild/uptodate.py)
-    inv = parse_invocation(_argv) if _argv is not None and mode == "plain" else None
+    inv = parse_invocation(_argv) if _argv is not None else None
     started_ns = time.time_ns()
     store = c.store()
     store.init()
@@ -524,7 +524,7 @@ def build_cmd(c: Ctx, context: str, tags: tuple[str, ...], file: str | None, bui
             e.log = getattr(prog, "failure", [])  # quiet: the failing step's output tail
             raise
         if inv is not None:
-            _keep_uptodate_record(inv, store, opts, bc, result, printed, index_before, started_ns)
+            _keep_uptodate_record(inv, mode, store, opts, bc, result, printed, index_before, started_ns)
     for o in outs:
         _export(store, result, o)
     if cache_to:
@@ -541,15 +541,14 @@ def build_cmd(c: Ctx, context: str, tags: tuple[str, ...], file: str | None, bui
                 click.echo(f"pushed {t}@{digest}")
     if iidfile:
         Path(iidfile).write_text(str(result.image_id))
+    for line in _result_lines(result, mode):
+        click.echo(line)
+
+
+def _result_lines(result: "Any", mode: str) -> list[str]:
+    """What a build prints last on stdout."""
     if mode == "quiet":
-        click.echo(str(result.image_id))
-    else:
-        for line in _result_lines(result):
-            click.echo(line)
-
-
-def _result_lines(result: "Any") -> list[str]:
-    """What a (not quiet) build prints last."""
+        return [str(result.image_id)]
     return [*(f"Successfully tagged {t}" for t in result.tags), f"--> {result.image_id}"]
 
 
@@ -557,11 +556,12 @@ def _build_progress(mode: str, progress_cls: "Any", tee: list[str] | None = None
                     echo: bool = True) -> "Any":
     """The build's progress: the live view on a terminal (``tty``), the builder's own line log
     (``plain``), or only a failing step's output (``quiet``); FROM pulls report their transfers
-    through it. In ``plain`` mode every line is also appended to ``tee``, if given, and printed
-    only with ``echo``."""
+    through it. Every line that stays on the screen (``plain``: every line; ``tty``: the finished
+    steps) is also appended to ``tee``, if given; nothing is shown unless ``echo``."""
+    import io
     from pybuild.progress import LiveBuildView, TransferView
     if mode == "tty":
-        return LiveBuildView(sys.stdout)
+        return LiveBuildView(sys.stdout if echo else io.StringIO(), tee=tee)
     if mode == "quiet":  # silent, but a failing step's output tail goes into the error message
         return LiveBuildView(sys.stderr, live=False)
 
@@ -582,10 +582,10 @@ def _index_bytes(store: "Any") -> bytes | None:
         return None
 
 
-def _keep_uptodate_record(inv: "Any", store: "Any", opts: "Any", bc: "Any", result: "Any", printed: list[str],
-                          index_before: bytes | None, started_ns: int) -> None:
-    """Keep the up-to-date record of this build (pybuild/uptodate.py): the exact output of a
-    rebuild that finds every step in the cache, and the state of the inputs.
+def _keep_uptodate_record(inv: "Any", mode: str, store: "Any", opts: "Any", bc: "Any", result: "Any",
+                          printed: list[str], index_before: bytes | None, started_ns: int) -> None:
+    """Keep the up-to-date record of this build (pybuild/uptodate.py): what a rebuild that finds
+    every step in the cache leaves on the screen in progress ``mode``, and the state of the inputs.
 
     When this build was such a rebuild (no step ran, nothing was pulled or re-tagged), its own
     output is recorded. Else the build runs once more, silently: that run must find every step
@@ -599,7 +599,7 @@ def _keep_uptodate_record(inv: "Any", store: "Any", opts: "Any", bc: "Any", resu
     try:
         if result.executed_steps or index_before is None or _index_bytes(store) != index_before:
             printed = []
-            again = build(store, opts, progress=_build_progress("plain", Progress, tee=printed, echo=False))
+            again = build(store, opts, progress=_build_progress(mode, Progress, tee=printed, echo=False))
             if again.executed_steps or again.remote_inputs or again.descriptor != result.descriptor:
                 return
         # the tags as this build left them (not as a concurrent command may have changed them since)
@@ -608,11 +608,11 @@ def _keep_uptodate_record(inv: "Any", store: "Any", opts: "Any", bc: "Any", resu
         if index is None or _index_bytes(store) != index or \
                 any(tagged.get(t) != result.descriptor.digest for t in result.tags):
             return
-        output = "".join(f"{line}\n" for line in [*printed, *_result_lines(result)])
+        output = "".join(f"{line}\n" for line in [*printed, *_result_lines(result, mode)])
         m = store.load(result.descriptor).manifest
         blobs = [(os.fspath(store.content.blob_path(d.digest)), d.size)
                  for d in (result.descriptor, m.config, *m.layers)]
-        record(inv, context=bc, output=output, blobs=blobs, index=index, started_ns=started_ns)
+        record(inv, mode=mode, context=bc, output=output, blobs=blobs, index=index, started_ns=started_ns)
     except (PybuildError, OSError):
         return
 

@@ -67,9 +67,11 @@ class Screen:
     printed above it. ``source`` returns the block's lines; a ticker redraws it 10 times a second
     (for elapsed times) while :meth:`start_ticker` is in effect."""
 
-    def __init__(self, stream: Any, source: Callable[[], list[str]] | None = None) -> None:
+    def __init__(self, stream: Any, source: Callable[[], list[str]] | None = None,
+                 tee: list[str] | None = None) -> None:
         self.stream = stream
         self.source = source or (lambda: [])
+        self.tee = tee  # every permanent line is also appended here
         self.lock = threading.RLock()
         self._drawn = 0
         self._last_draw = 0.0
@@ -98,6 +100,8 @@ class Screen:
 
     def print(self, text: str) -> None:
         """A permanent line above the live block."""
+        if self.tee is not None:
+            self.tee.append(text)
         with self.lock:
             self._erase()
             self.stream.write(text + "\n")
@@ -266,13 +270,14 @@ class LiveBuildView:
     is left as ``…  ERROR`` followed by the last :data:`FAIL_TAIL` lines of its output.
 
     With ``live=False`` (``--progress quiet``) nothing is drawn; the tail of a failing step's
-    output is kept in :attr:`failure` (the CLI prints it with the error)."""
+    output is kept in :attr:`failure` (the CLI prints it with the error). ``tee`` collects the
+    permanent lines (what stays on the terminal once the live block is gone)."""
 
-    def __init__(self, stream: Any, live: bool = True) -> None:
+    def __init__(self, stream: Any, live: bool = True, tee: list[str] | None = None) -> None:
         self.stream = stream
         self.live = live
         self.mode = "tty" if live else "quiet"
-        self.screen = Screen(stream, self._lines)
+        self.screen = Screen(stream, self._lines, tee)
         self.transfer = TransferView("tty", screen=self.screen)
         self._step: tuple[str, float] | None = None
         self._tail: deque[str] = deque(maxlen=FAIL_TAIL)

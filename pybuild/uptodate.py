@@ -1,7 +1,7 @@
 """The up-to-date check: answer a rebuild whose inputs are all unchanged without loading the builder.
 
-After a successful ``pybuild build`` (``--progress plain``, or ``auto`` with stdout not a
-terminal), the command line keeps a *record* of the invocation in the store::
+After a successful ``pybuild build``, the command line keeps a *record* of the invocation in
+the store::
 
     metadata/uptodate/<key>.json    key = sha256 of the arguments, the working directory, the
                                     environment variables the build reads, the effective uid
@@ -20,15 +20,17 @@ The record holds everything the result depended on, each in a form that is cheap
   blob of the image (a blob removed by hand or by ``fsck --repair`` is rebuilt normally);
 - the ``lstat`` of every pybuild module the build loaded (a new pybuild version or any code
   change drops the record);
-- what a rebuild that finds every step in the cache prints (the record is written only when
-  such a rebuild was seen, or run just after the build to check it; see ``pybuild/cli.py``).
+- what a rebuild that finds every step in the cache leaves on the screen, in the progress mode
+  of the build (``plain``; ``tty``: the finished steps' lines, without the live block's
+  redraws; ``quiet``: the image id), and that mode. The record is written only when such a
+  rebuild was seen, or run just after the build to check it; see ``pybuild/cli.py``.
 
 :func:`replay` runs before the command line loads (no click, no builder): when the record of
 this exact invocation exists and every check holds, it prints the recorded output and the
 command ends with 0, in the time it takes to ``lstat`` the context. Any difference or error
 takes the normal path, which rebuilds from the step cache and writes a new record. There is no
-record for an invocation with an option outside :data:`VALUE_OPTIONS` (``--no-cache``, ``-q``,
-``--push``…), a build with remote inputs (``ADD`` of a URL), or a context file whose
+record for an invocation with an option outside :data:`VALUE_OPTIONS` and :data:`FLAG_OPTIONS`
+(``--no-cache``, ``--push``, ``--iidfile``…), a build with remote inputs (``ADD`` of a URL), or a context file whose
 timestamps are as racy as the stat cache's rule says (``builder.context.is_racy``: within
 0.1 s of the build's start, 2 s on whole-second file systems; a later change could leave the
 same timestamps).
@@ -49,15 +51,16 @@ from pybuild.storeroot import UPTODATE_DIR, default_store_root
 
 __all__ = ["Invocation", "parse_invocation", "replay", "record", "VALUE_OPTIONS"]
 
-VERSION = 1
+VERSION = 2  # 2: the record names its progress mode
 
-# The build options an up-to-date invocation may have (each takes a value). Anything else —
-# flags such as --no-cache, --push, --iidfile, -q, --output, --secret, --cache-from, --debug —
+# The build options an up-to-date invocation may have: these take a value, FLAG_OPTIONS none.
+# Anything else — --no-cache, --push, --iidfile, --output, --secret, --cache-from, --debug … —
 # takes the normal path and writes no record.
 VALUE_OPTIONS = frozenset({"-t", "--tag", "-f", "--file", "--build-arg", "--target", "--label",
                            "--progress", "--compression", "--network", "--platform",
                            "--storage-driver", "--memory", "-m", "--pids-limit", "--cpus",
                            "--security-opt", "--cap-add", "--cap-drop"})
+FLAG_OPTIONS = frozenset({"-q", "--quiet"})
 # Environment variables the build reads (besides valueless --build-arg NAMEs, added per call).
 ENVIRONMENT = ("PYBUILD_ROOT", "XDG_DATA_HOME", "HOME", "SOURCE_DATE_EPOCH", "PYBUILD_STORAGE_DRIVER",
                "PYBUILD_MAX_DECOMPRESSION_RATIO")
@@ -72,7 +75,7 @@ class Invocation:
     def __init__(self, root: str, context: str, progress: str, key: str) -> None:
         self.root = root                # the store root
         self.context = context          # the CONTEXT argument, as given
-        self.progress = progress        # plain | auto
+        self.progress = progress        # plain | auto | quiet
         self.key = key
 
     @property
@@ -106,7 +109,9 @@ def parse_invocation(argv: Sequence[str]) -> Invocation | None:
     positional: list[str] = []
     while i < len(args):
         a = args[i]
-        if a.startswith("-") and a != "-":
+        if a in FLAG_OPTIONS:
+            values.setdefault(a, []).append("")
+        elif a.startswith("-") and a != "-":
             name, eq, value = a.partition("=")
             if name not in VALUE_OPTIONS or (eq and not name.startswith("--")):
                 return None
@@ -124,8 +129,10 @@ def parse_invocation(argv: Sequence[str]) -> Invocation | None:
     if len(files) > 1 or files == ["-"]:
         return None
     progress = (values.get("--progress") or ["auto"])[-1]
-    if progress not in ("plain", "auto"):
+    if progress not in ("plain", "auto", "quiet"):
         return None
+    if "-q" in values or "--quiet" in values:
+        progress = "quiet"
     env_names = list(ENVIRONMENT)
     for a in values.get("--build-arg", []):
         if "=" not in a:
@@ -201,8 +208,9 @@ def replay(argv: Sequence[str]) -> int | None:
         if os.geteuid() != 0:  # rootless: the command first re-executes in a user namespace
             return None
         inv = parse_invocation(argv)
-        if inv is None or (inv.progress == "auto" and sys.stdout.isatty()):
+        if inv is None:
             return None
+        mode = inv.progress if inv.progress != "auto" else "tty" if sys.stdout.isatty() else "plain"
         try:
             with open(inv.record_path, "rb") as f:
                 data = f.read()
@@ -210,7 +218,7 @@ def replay(argv: Sequence[str]) -> int | None:
             return None
         import json
         rec = json.loads(data)
-        if not _check(rec, inv):
+        if rec.get("mode") != mode or not _check(rec, inv):
             return None
         out = rec["output"]
     except (OSError, ValueError, KeyError, TypeError, AttributeError, UnicodeError):
@@ -223,10 +231,11 @@ def replay(argv: Sequence[str]) -> int | None:
     return 0
 
 
-def record(inv: Invocation, *, context: Any, output: str, blobs: Sequence[tuple[str, int]],
+def record(inv: Invocation, *, mode: str, context: Any, output: str, blobs: Sequence[tuple[str, int]],
            index: bytes, started_ns: int) -> bool:
     """Keep the record of ``inv``: a build of ``context`` (a builder BuildContext, still open)
-    whose fully cached rebuild prints ``output``, whose image is made of ``blobs`` (path and
+    whose fully cached rebuild leaves ``output`` on the screen in progress ``mode`` (plain, tty
+    or quiet), whose image is made of ``blobs`` (path and
     size of its manifest, config and layers), and after which the store's ``index.json`` holds
     ``index`` (checked by the caller to tag that image). ``started_ns`` is ``time.time_ns()``
     from before the context was opened.
@@ -252,6 +261,7 @@ def record(inv: Invocation, *, context: Any, output: str, blobs: Sequence[tuple[
             code.append((f, _stat_sig(f)))
     rec = {
         "version": VERSION,
+        "mode": mode,
         "code": sorted(code),
         "root": root,
         "inputs": [list(x) for x in context.host_inputs],

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -110,7 +111,7 @@ def test_an_unchanged_rebuild_prints_what_the_builder_prints_without_loading_it(
     assert again.code == 0 and again.replayed, again.err
     assert again.err.strip() == "LOADED-CLI=False"
     full = full_noop_output(pb, *build_args(ctx))
-    assert again.out == full
+    assert _times(again.out) == _times(full)  # byte for byte, but for how long FROM took
     assert "STEP 4/5: CACHED" in again.out and "Successfully tagged app:latest" in again.out
     assert "DONE" not in again.out.replace("STEP 1/5: DONE", "").replace("STEP 1/3: DONE", "")
     # the image is the one the builder made and still tagged
@@ -124,7 +125,12 @@ def test_the_shorthand_and_the_default_progress_are_answered_too(built: tuple[PB
     first = probe(pb, *args)
     assert first.code == 0 and not first.replayed  # another invocation: its own record
     second = probe(pb, *args)
-    assert second.code == 0 and second.replayed and second.out == first.out
+    assert second.code == 0 and second.replayed and _times(second.out) == _times(first.out)
+
+
+def _times(out: str) -> str:
+    """``out`` with the steps' durations (``DONE 0.01s``) made equal."""
+    return re.sub(r"DONE \d+\.\d+s", "DONE <t>", out)
 
 
 def _write(p: Path, text: str) -> None:
@@ -238,11 +244,12 @@ def test_a_racy_file_gets_no_record(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert inv is not None
     with open_build_context(ctx) as bc:
         # a build that looked at the context within the window after the last change: no record
-        assert not record(inv, context=bc, output="x\n", blobs=[], index=b"{}",
+        assert not record(inv, mode="plain", context=bc, output="x\n", blobs=[], index=b"{}",
                           started_ns=newest + RACY_WINDOW_NS - 1)
         assert not os.path.exists(inv.record_path)
         # one that looked later may keep it
-        assert record(inv, context=bc, output="x\n", blobs=[], index=b"{}", started_ns=newest + RACY_WINDOW_NS)
+        assert record(inv, mode="plain", context=bc, output="x\n", blobs=[], index=b"{}",
+                      started_ns=newest + RACY_WINDOW_NS)
         assert os.path.exists(inv.record_path)
 
 
@@ -262,7 +269,7 @@ def test_a_changed_module_of_pybuild_drops_the_record(built: tuple[PB, Path], tm
     assert not probe(pb, *build_args(ctx)).replayed
 
 
-@pytest.mark.parametrize("extra", [["--no-cache"], ["-q"], ["--iidfile", "IIDFILE"], ["--progress", "quiet"]])
+@pytest.mark.parametrize("extra", [["--no-cache"], ["--iidfile", "IIDFILE"], ["--explain-cache"]])
 def test_other_options_take_the_builder_every_time(built: tuple[PB, Path], tmp_path: Path,
                                                   extra: list[str]) -> None:
     pb, ctx = built
@@ -271,6 +278,56 @@ def test_other_options_take_the_builder_every_time(built: tuple[PB, Path], tmp_p
         r = probe(pb, "build", "-t", "app", *extra, str(ctx))
         assert r.code == 0 and not r.replayed, r.err
     assert len(records(pb)) == 1  # only the fixture's
+
+
+@pytest.mark.parametrize("quiet", [["-q"], ["--progress", "quiet"]])
+def test_a_quiet_rebuild_prints_the_image_id(built: tuple[PB, Path], quiet: list[str]) -> None:
+    pb, ctx = built
+    first = probe(pb, "build", "-t", "app", *quiet, str(ctx))
+    assert first.code == 0 and not first.replayed, first.err
+    again = probe(pb, "build", "-t", "app", *quiet, str(ctx))
+    assert again.code == 0 and again.replayed and again.out == first.out
+    assert again.out == json.loads(pb.run("inspect", "app").out)[0]["Id"] + "\n"
+
+
+def _on_a_terminal(pb: PB, *args: str) -> tuple[int, str, bool]:
+    """Run the probe with stdout on a pseudo-terminal: (exit code, what stays on the screen,
+    replayed). What stays: each line's text after its last erase-line sequence (the live block's
+    redraws are erased by the finished step's line)."""
+    import pty
+    master, slave = pty.openpty()
+    try:
+        p = subprocess.Popen([sys.executable, "-c", PROBE, "--root", str(pb.root), *args], stdout=slave,
+                             stderr=subprocess.PIPE, text=True)
+        os.close(slave)
+        raw = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            raw += chunk
+        err = p.communicate(timeout=300)[1]
+    finally:
+        os.close(master)
+    screen = [ln.rsplit("\x1b[K", 1)[-1].strip("\r") for ln in raw.decode().split("\n")]
+    return p.returncode, "\n".join(ln for ln in screen if ln), "LOADED-CLI=False" in err
+
+
+def test_a_rebuild_on_a_terminal_leaves_what_the_live_view_leaves(built: tuple[PB, Path]) -> None:
+    pb, ctx = built
+    args = ["-t", "app", str(ctx)]  # --progress auto, on a terminal: the live view
+    code, first, replayed = _on_a_terminal(pb, *args)
+    assert code == 0 and not replayed  # a new record, for the tty mode
+    code, again, replayed = _on_a_terminal(pb, *args)
+    assert code == 0 and replayed
+    assert _times(again) == _times(first)
+    assert "STEP 4/5 COPY src/ ./src/  CACHED" in again and "Successfully tagged app:latest" in again
+    # piped, the same arguments print the plain log: the record of the other mode is not used
+    piped = probe(pb, *args)
+    assert not piped.replayed and "STEP 4/5: CACHED" in piped.out
 
 
 def test_a_build_with_a_url_gets_no_record(pb_busybox: PB, tmp_path: Path) -> None:
@@ -311,6 +368,8 @@ def test_a_failed_build_keeps_no_record(pb_busybox: PB, tmp_path: Path) -> None:
     (["build", "-t", "a", "CTX"], None, "auto"),
     (["--root", "/r", "-t", "a", "--progress=plain", "CTX"], "/r", "plain"),
     (["--root=/r", "build", "CTX", "--build-arg", "A=1", "-f", "CTX/D"], "/r", "auto"),
+    (["build", "-q", "CTX"], None, "quiet"),
+    (["build", "--progress=plain", "--quiet", "CTX"], None, "quiet"),
 ])
 def test_parse_invocation_reads_the_build_forms(tmp_path: Path, argv: list[str], root: str | None,
                                                 progress: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -324,7 +383,8 @@ def test_parse_invocation_reads_the_build_forms(tmp_path: Path, argv: list[str],
 
 @pytest.mark.parametrize("argv", [
     ["images"], ["build"], ["build", "-"], ["build", "-f", "-", "CTX"], ["build", "--no-cache", "CTX"],
-    ["build", "-tapp", "CTX"], ["build", "-q", "CTX"], ["build", "--progress", "quiet", "CTX"],
+    ["build", "-tapp", "CTX"], ["build", "--progress", "tty", "CTX"], ["build", "--push", "CTX"],
+    ["build", "--iidfile", "f", "CTX"], ["build", "-qt", "a", "CTX"],
     ["build", "CTX", "CTX"], ["--debug", "build", "CTX"], ["build", "--", "CTX"], ["push", "a", "b"],
 ])
 def test_parse_invocation_leaves_everything_else_to_the_cli(tmp_path: Path, argv: list[str],
