@@ -51,7 +51,7 @@ from pybuild.storeroot import UPTODATE_DIR, default_store_root
 
 __all__ = ["Invocation", "parse_invocation", "replay", "record", "VALUE_OPTIONS"]
 
-VERSION = 2  # 2: the record names its progress mode
+VERSION = 3  # 2: the record names its progress mode; 3: stat signatures without the size
 
 # The build options an up-to-date invocation may have: these take a value, FLAG_OPTIONS none.
 # Anything else — --no-cache, --push, --iidfile, --output, --secret, --cache-from, --debug … —
@@ -150,15 +150,15 @@ def parse_invocation(argv: Sequence[str]) -> Invocation | None:
     return Invocation(root if root is not None else default_store_root(), positional[0], progress, h.hexdigest())
 
 
-def _sig(dev: int, ino: int, size: int, mtime_ns: int, ctime_ns: int) -> str:
-    return f"{dev}:{ino}:{size}:{mtime_ns}:{ctime_ns}"
+def _sig(dev: int, ino: int, mtime_ns: int, ctime_ns: int) -> str:
+    # No size, mode or owner: every change to them (a write, a truncate, chmod, chown) sets the
+    # ctime, and a replaced file is another inode.
+    return f"{dev}:{ino}:{mtime_ns}:{ctime_ns}"
 
 
 def _stat_sig(path: str) -> str:
     st = os.lstat(path)
-    mode = st.st_mode & 0o170000
-    size = st.st_size if mode in (0o100000, 0o120000) else 0  # as ContextEntry: files and symlinks
-    return _sig(st.st_dev, st.st_ino, size, st.st_mtime_ns, st.st_ctime_ns)
+    return _sig(st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _file_sha256(path: str) -> str | None:
@@ -268,7 +268,7 @@ def record(inv: Invocation, *, mode: str, context: Any, output: str, blobs: Sequ
         "index": hashlib.sha256(index).hexdigest(),
         "blobs": [list(b) for b in blobs],
         "paths": [e.path for e in entries],
-        "entries": _entries_digest(_sig(e.dev, e.inode, e.size, e.mtime_ns, e.ctime_ns) for e in entries),
+        "entries": _entries_digest(_sig(e.dev, e.inode, e.mtime_ns, e.ctime_ns) for e in entries),
         "output": output,
     }
     import json
