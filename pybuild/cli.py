@@ -588,10 +588,12 @@ def _keep_uptodate_record(inv: "Any", mode: str, store: "Any", opts: "Any", bc: 
     every step in the cache leaves on the screen in progress ``mode``, and the state of the inputs.
 
     When this build was such a rebuild (no step ran, nothing was pulled or re-tagged), its own
-    output is recorded. Else the build runs once more, silently: that run must find every step
-    in the cache and make the same image, and its output is recorded. Builds with remote inputs
-    (ADD of a URL) get no record. Never raises: the record only saves time.
+    output is recorded. Else the build runs once more, silently and without tags: that run must
+    find every step in the cache and make the same image, and its output is recorded. Builds with remote inputs
+    (ADD of a URL) get no record. A store or file error while keeping it is ignored: the record
+    only saves time, and the build has succeeded.
     """
+    import dataclasses
     from pybuild.builder.build import Progress, build
     from pybuild.uptodate import record
     if result.remote_inputs:
@@ -599,8 +601,14 @@ def _keep_uptodate_record(inv: "Any", mode: str, store: "Any", opts: "Any", bc: 
     try:
         if result.executed_steps or index_before is None or _index_bytes(store) != index_before:
             printed = []
-            again = build(store, opts, progress=_build_progress(mode, Progress, tee=printed, echo=False))
-            if again.executed_steps or again.remote_inputs or again.descriptor != result.descriptor:
+            # without tags: whatever this pass makes, the tags stay on the image just printed
+            again = build(store, dataclasses.replace(opts, tags=()),
+                          progress=_build_progress(mode, Progress, tee=printed, echo=False))
+            if again.executed_steps or again.remote_inputs:
+                return
+            if again.descriptor != result.descriptor:  # the build is not reproducible from its cache: a bug
+                click.echo(f"[Warning] a rebuild from the cache made {again.descriptor.digest}, not "
+                           f"{result.descriptor.digest}: no up-to-date record kept; please report it", err=True)
                 return
         # the tags as this build left them (not as a concurrent command may have changed them since)
         index = _index_bytes(store)

@@ -413,3 +413,33 @@ def test_the_key_covers_arguments_directory_and_environment(tmp_path: Path, monk
     assert len(keys) == 5
     monkeypatch.chdir(tmp_path)
     assert parse_invocation(["build", "-t", "a", "CTX"]).key == base.key  # type: ignore[union-attr]
+
+
+def test_a_second_pass_that_makes_another_image_moves_no_tag_and_keeps_no_record(
+        pb_busybox: PB, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The check's second pass must not change what the build did: were the build ever not
+    reproducible from its cache, the tag stays on the image the build printed, and no record is kept."""
+    import dataclasses
+
+    import pybuild.builder.build as b
+    from pybuild.cli import main
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "a.txt").write_text("a\n")
+    (ctx / "Dockerfile").write_text("FROM busybox\nCOPY a.txt /a.txt\n")
+    settle()
+    real, calls = b.build, []
+
+    def second_differs(store, opts, *a, **kw):  # type: ignore[no-untyped-def]
+        calls.append(opts.tags)
+        if len(calls) == 2:  # the check's pass: every step cached, but another config
+            opts = dataclasses.replace(opts, labels={"perturbed": "yes"})
+        return real(store, opts, *a, **kw)
+    monkeypatch.setattr(b, "build", second_differs)
+    rc = main(["--root", str(pb_busybox.root), "build", "--progress", "plain", "-t", "app", str(ctx)])
+    out, err = capsys.readouterr()
+    assert rc == 0 and len(calls) == 2 and calls[1] == ()
+    printed = out.strip().splitlines()[-1].removeprefix("--> ")
+    assert json.loads(pb_busybox.run("inspect", "app").out)[0]["Id"] == printed
+    assert "a rebuild from the cache made" in err
+    assert records(pb_busybox) == []
