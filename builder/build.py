@@ -498,6 +498,9 @@ class _Builder:
         except (UserError, BuildError) as e:
             raise DockerfileError(e.message, file=self.file, line=ins.line,
                                   text=ins.original.splitlines()[0] if ins.original else "", hint=e.hint) from None
+        finally:
+            if self.opts.context is not None:
+                self.opts.context.release_kept()  # the bytes a COPY's cache key read are used or not
 
     def record_meta(self, state: _State, ins: df.Instruction, canonical: str, history: bool = True) -> bool:
         """Advance the key for a metadata step; returns True when it was seen before (CACHED)."""

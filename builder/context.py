@@ -93,6 +93,11 @@ DOCKERIGNORE = ".dockerignore"
 STATCACHE_FILENAME = "statcache.sqlite"
 
 _CHUNK = 1 << 20
+_READ_MIN = 4096
+_KEEP_FILE_MAX = 64 << 10
+"""Files up to this size keep the bytes hashed for a cache key until the step opens them (see
+:meth:`BuildContext.open`), at most ``_KEEP_TOTAL_MAX`` bytes at a time."""
+_KEEP_TOTAL_MAX = 64 << 20
 _MAX_SYMLINK_HOPS = 255
 _TREE_DIGEST_HEADER = b"pybuild.context.tree/v1\n"
 _DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
@@ -1191,10 +1196,13 @@ class BuildContext:
         self.host_inputs: tuple[tuple[str, str | None], ...] = tuple(host_inputs)
         self._lock = threading.RLock()
         self._index: dict[str, ContextEntry] | None = None
+        self._index_view: Mapping[str, ContextEntry] | None = None  # read-only view, once walked
         self._looked_into: list[ContextEntry] = []   # excluded directories the walk descended
         self._children: dict[str, list[str]] = {}
         self._root_entry: ContextEntry | None = None
         self._digests: dict[str, str] = {}
+        self._kept: dict[str, bytes] = {}  # resolved path -> the bytes its digest was computed over
+        self._kept_bytes = 0
         self._resolved: dict[tuple[str, bool], str] = {}
         self._cache_preloaded = False
         self._abs_prefix: str | None = None
@@ -1247,11 +1255,14 @@ class BuildContext:
         root; see :meth:`lstat`). Raises UserError when an included directory cannot be read and
         NotFound when the context directory disappeared.
         """
-        with self._lock:
-            if self._index is None:
-                self._build_index()
-            assert self._index is not None
-            return MappingProxyType(self._index)
+        view = self._index_view
+        if view is None:
+            with self._lock:
+                if self._index is None:
+                    self._build_index()
+                assert self._index is not None
+                view = self._index_view = MappingProxyType(self._index)
+        return view
 
     @property
     def index(self) -> Mapping[str, ContextEntry]:
@@ -1425,6 +1436,11 @@ class BuildContext:
         if hit is not None:
             return hit
         index = self.walk()
+        entry = index.get(relpath)
+        if entry is not None and not (follow_final and entry.type is EntryType.SYMLINK):
+            # An index key is a clean path whose parents are real directories of the index (the
+            # walk does not follow links), so it resolves to itself.
+            return relpath
         parts = deque(p for p in clean_context_path(relpath).split("/") if p not in ("", "."))
         resolved: list[str] = []
         hops = 0
@@ -1461,6 +1477,10 @@ class BuildContext:
         Guarantees: the file read is the one the index resolves ``relpath`` to, inside the
         context, never an excluded file and never anything reached through a symlink that points
         outside (every component is opened with ``O_NOFOLLOW`` below a directory descriptor).
+        A small file hashed since the last :meth:`release_kept` is served from the bytes its
+        digest was computed over (no second read for the layer or the snapshot, and the content
+        matches the cache key); else the file is opened unbuffered (callers read whole files or
+        1 MiB chunks).
         Raises NotFound (missing/excluded), UserError (not a regular file, unreadable, or the
         context changed since the walk).
         """
@@ -1469,8 +1489,18 @@ class BuildContext:
         if entry.type is not EntryType.FILE:
             raise UserError(f'"{relpath}": not a regular file in the build context '
                             f"({entry.type.value})")
+        kept = self._kept.get(resolved)
+        if kept is not None:
+            return io.BytesIO(kept)
         fd = self._open_resolved(relpath, resolved)
-        return os.fdopen(fd, "rb")
+        return os.fdopen(fd, "rb", buffering=0)  # callers read whole files or 1 MiB chunks
+
+    def release_kept(self) -> None:
+        """Forget the small files' bytes kept since they were hashed (see :meth:`open`); a later
+        :meth:`open` reads them from the context again. Called after each build step."""
+        with self._lock:
+            self._kept.clear()
+            self._kept_bytes = 0
 
     def _dir_fd(self, resolved_dir: str) -> int:
         """A descriptor of the context directory ``resolved_dir``, opened component by component
@@ -1605,16 +1635,18 @@ class BuildContext:
         try:
             before = os.fstat(fd)
             h = hashlib.sha256()
-            buf = bytearray(_CHUNK)
-            view = memoryview(buf)
             total = 0
-            with os.fdopen(os.dup(fd), "rb", buffering=0) as f:
-                while True:
-                    n = f.readinto(view)  # type: ignore[attr-defined]
-                    if not n:
-                        break
-                    h.update(view[:n])
-                    total += n
+            first = b""
+            while True:
+                # sized to what is left (plus one byte to see the end): a small file is one read
+                # of its size and one short read, without a 1 MiB buffer per file
+                chunk = os.read(fd, min(_CHUNK, max(_READ_MIN, before.st_size - total + 1)))
+                if not chunk:
+                    break
+                if not total:
+                    first = chunk
+                h.update(chunk)
+                total += len(chunk)
             after = os.fstat(fd)
         except OSError as e:
             raise UserError(f'"{relpath}": reading from the build context failed: {e.strerror or e}'
@@ -1626,6 +1658,9 @@ class BuildContext:
             self.hashed_files += 1
             self.hashed_bytes += total
             self._digests[resolved] = digest
+            if len(first) == total <= _KEEP_FILE_MAX and self._kept_bytes + total <= _KEEP_TOTAL_MAX:
+                self._kept[resolved] = first
+                self._kept_bytes += total
         stable = (before.st_size, before.st_mtime_ns, before.st_ctime_ns, before.st_ino) == \
                  (after.st_size, after.st_mtime_ns, after.st_ctime_ns, after.st_ino) and \
                  total == before.st_size

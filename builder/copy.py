@@ -186,8 +186,9 @@ def plan_sources(fs: SourceFS, patterns: list[str], dest: str, workdir: str, vie
     for group, (pat, path) in enumerate(matches):
         start = len(items)
         _place_one(items, fs, pat, path, dest_abs, dest_dirish, parents, exclude, where)
-        for i in range(start, len(items)):  # hardlinks are kept only within one source
-            items[i] = replace(items[i], group=group)
+        if group:  # hardlinks are kept only within one source (items are made with group 0)
+            for i in range(start, len(items)):
+                items[i] = replace(items[i], group=group)
     return items
 
 
@@ -236,7 +237,7 @@ def _walk_into(items: list[CopyItem], fs: SourceFS, src_dir: str, dest_dir: str,
         st = fs.lstat(sp)
         if st is None:
             continue
-        dp = _clean(posixpath.join(dest_dir, name))
+        dp = f"{dest_dir}/{name}" if dest_dir != "/" else "/" + name  # both clean: a name has no "/"
         items.append(CopyItem(dp, st, fs, sp))
         if st.kind == "dir":
             _walk_into(items, fs, sp, dp, exclude)
@@ -366,6 +367,7 @@ class LayerPlan:
         self.skip_devices = skip_devices
         self.nodes: dict[str, _Node] = {}  # image path without the leading "/"
         self._resolved: dict[str, str] = {}
+        self._ensured: set[str] = set()  # parents _ensure_parent made, until the shape changes
         self._links: dict[tuple[int, tuple[int, int]], str] = {}
         self._now = int(time.time())
 
@@ -413,6 +415,7 @@ class LayerPlan:
     def _changed_shape(self) -> None:
         """A symlink appeared or a non-directory was replaced: earlier resolutions may be stale."""
         self._resolved.clear()
+        self._ensured.clear()
 
     def _drop(self, key: str) -> None:
         gone = self.nodes.pop(key)
@@ -424,6 +427,8 @@ class LayerPlan:
 
     def _ensure_parent(self, parent: str) -> None:
         """Every directory of the resolved image path ``parent`` is in the upper (copied up)."""
+        if parent in self._ensured:
+            return
         parts = [p for p in parent.split("/") if p]
         for i in range(1, len(parts) + 1):
             key = "/".join(parts[:i])
@@ -442,6 +447,7 @@ class LayerPlan:
                                         merges=False)
                 if low is not None:
                     self._changed_shape()
+        self._ensured.add(parent)
 
     # -- adding items -----------------------------------------------------------------------------
     def add(self, items: Iterable[CopyItem]) -> None:

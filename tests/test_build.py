@@ -113,6 +113,37 @@ def test_no_op_rebuild_hashes_no_file(pb_busybox: PB, tmp_path: Path) -> None:
     assert r.cached_steps == r.total_steps
 
 
+def test_copy_layers_hold_the_hashed_bytes_and_nothing_stays_kept(pb_busybox: PB, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """COPY's layer and snapshot take small files' bytes from the hashing pass (one read per
+    file); no step leaves them in memory after it."""
+    ctx = make_ctx(tmp_path / "ctx")
+    time.sleep(0.3)  # old enough for the stat cache: the rebuild reads nothing
+    store = Store(pb_busybox.root)
+    opened: list[str] = []
+    real_open = os.open
+
+    def counting_open(path, *a, **kw):  # type: ignore[no-untyped-def]
+        opened.append(os.fspath(path))
+        return real_open(path, *a, **kw)
+    monkeypatch.setattr(os, "open", counting_open)
+    for _ in range(2):
+        with open_build_context(str(ctx), None, cache_dir=store.metadata_dir) as bc:
+            r = build(store, BuildOptions(context=bc, dockerfile_text=bc.dockerfile_text, tags=("app",)),
+                      progress=Progress("quiet"))
+            assert not bc._kept and bc._kept_bytes == 0          # released after every step
+    assert opened.count("a.txt") == 1 and opened.count("c.txt") == 1, opened  # hashed, tarred, snapshot: one read
+    img = store.load(store.resolve("app")[1])
+    files = {}
+    for layer in img.manifest.layers:
+        with tarfile.open(fileobj=io.BytesIO(store.content.read_blob(layer.digest))) as tf:
+            for m in tf.getmembers():
+                if m.isfile():
+                    files[m.name] = tf.extractfile(m).read()  # type: ignore[union-attr]
+    assert any(k.endswith("a.txt") and v == b"a\n" for k, v in files.items()), sorted(files)
+    assert r.cached_steps == r.total_steps
+
+
 def _count_layer_writes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     import pybuild.store.layers as layers  # build.py imports write_layer from here when a step writes
     calls: list[int] = []
@@ -402,3 +433,19 @@ def test_the_demo_image_builds_and_runs(pb_busybox: PB) -> None:
     out = pb_busybox.run("run", "pybuild-demo").out
     assert out.splitlines()[0] == "hello from the pybuild demo image"
     assert out.splitlines()[1].startswith("built by pybuild on ")
+
+
+def test_copy_plan_remakes_a_parent_a_later_item_replaced_with_a_file() -> None:
+    """The plan remembers which parents it made; replacing one by a file must forget that."""
+    from pybuild.builder.copy import CopyItem, LayerPlan, SrcStat
+    from pybuild.store.snapshots import StackView
+
+    def f(dest: str, data: bytes) -> CopyItem:
+        return CopyItem(dest, SrcStat("file", 0o644, 0, 0, len(data), 0), data=data)
+
+    plan = LayerPlan(StackView([], cached=True))
+    plan.add([f("/a/b/f1", b"1"), f("/a", b"2"), f("/a/b/f2", b"3")])
+    kinds = {e.path: e.type for e in plan.entries()}
+    assert kinds == {"a": "dir", "a/b": "dir", "a/b/f2": "file"}
+    plan.add([f("/a/b/f3", b"4")])                       # a made parent stays made
+    assert {e.path for e in plan.entries()} == {"a", "a/b", "a/b/f2", "a/b/f3"}

@@ -29,6 +29,7 @@ from pybuild.builder.context import (
     open_context,
     parse_dockerignore,
 )
+from pybuild.builder import context as ctxmod
 from pybuild.errors import InvalidArchive, NotFound, UsageError, UserError
 
 # Files created by a test and hashed within the stat cache's racy window are (rightly) not cached;
@@ -633,6 +634,54 @@ def test_freshly_written_files_are_not_trusted_by_the_cache(tmp_path: Path) -> N
     with cache_ctx(tmp_path, cache_path) as ctx4:
         ctx4.file_digest("Dockerfile")
         assert ctx4.hashed_files == 0
+
+
+def test_file_digest_reads_small_empty_and_multi_chunk_files_whole(tmp_path: Path) -> None:
+    import hashlib
+    big = os.urandom(ctxmod._CHUNK * 2 + 12345)          # three reads of at most 1 MiB
+    ctx = make_ctx(tmp_path, {"small": b"x" * 100, "empty": b"", "big": big,
+                              "exact": b"y" * ctxmod._READ_MIN})
+    for name, data in (("small", b"x" * 100), ("empty", b""), ("big", big), ("exact", b"y" * ctxmod._READ_MIN)):
+        assert ctx.file_digest(name) == "sha256:" + hashlib.sha256(data).hexdigest(), name
+    assert ctx.hashed_bytes == 100 + len(big) + ctxmod._READ_MIN
+
+
+def test_open_serves_the_bytes_a_small_file_was_hashed_over_until_released(tmp_path: Path) -> None:
+    big = b"b" * (ctxmod._KEEP_FILE_MAX + 1)
+    ctx = make_ctx(tmp_path, {"a.txt": "alpha", "big.bin": big, "empty": b""})
+    ctx.tree_digest(["."])
+    (tmp_path / "ctx/a.txt").write_text("ALPHA")           # changed after its digest was taken
+    (tmp_path / "ctx/big.bin").write_bytes(b"B" * len(big))
+    with ctx.open("a.txt") as f:
+        assert f.read() == b"alpha"                        # what the cache key covers, not read again
+    with ctx.open("empty") as f:
+        assert f.read() == b""
+    with ctx.open("big.bin") as f:                         # over the size limit: read from the context
+        assert f.read() == b"B" * len(big)
+    with ctx.open("a.txt") as f:                           # again: the layer and the snapshot agree
+        assert f.read() == b"alpha"
+    ctx.release_kept()                                     # after each step: nothing is kept
+    assert ctx.read_bytes("a.txt") == b"ALPHA"
+
+
+def test_kept_bytes_are_capped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ctxmod, "_KEEP_TOTAL_MAX", 10)
+    ctx = make_ctx(tmp_path, {"a": b"123456", "b": b"abcdef"})
+    ctx.file_digest("a")
+    ctx.file_digest("b")                                   # 12 bytes would pass the cap of 10
+    (tmp_path / "ctx/a").write_bytes(b"AAAAAA")
+    (tmp_path / "ctx/b").write_bytes(b"BBBBBB")
+    assert ctx.read_bytes("a") == b"123456" and ctx.read_bytes("b") == b"BBBBBB"
+
+
+def test_resolve_of_an_index_key_that_is_a_symlink_still_follows_it(tmp_path: Path) -> None:
+    root = write_tree(tmp_path / "ctx", {"Dockerfile": "FROM x\n", "d/x": "1"})
+    os.symlink("d", root / "l")
+    os.symlink("../Dockerfile", root / "d/up")
+    ctx = open_context(root)
+    assert ctx.resolve("l") == "d" and ctx.resolve("l", follow_final=False) == "l"
+    assert ctx.resolve("d/up") == "Dockerfile" and ctx.resolve("d/x") == "d/x"
+    assert ctx.resolve("l/x") == "d/x"
 
 
 def test_tar_contexts_do_not_pollute_the_stat_cache(tmp_path: Path) -> None:
