@@ -511,21 +511,29 @@ def main() -> int:
                 f"  (cpu {sum(s['cpu'] for s in steps):.2f}s)")
 
         # 4. rounds
+        def round_dirs(rnd: int, w: str) -> tuple[dict[str, Path], dict[str, Path], Path]:
+            return ({pb.name: work / f"pb-r{rnd}-{w}", bh.name: work / f"bh-r{rnd}-{w}",
+                     pbv.name: work / f"pbv-r{rnd}-{w}"},
+                    {pb.name: work / f"pb-r{rnd}-{w}-pull", bh.name: work / f"bh-r{rnd}-{w}-pull"},
+                    work / f"registry-r{rnd}-{w}")
+        # Every store and registry directory of every round is made now, before anything is
+        # deleted: ext4 picks a block group for each (see spread_subdirs) while none holds
+        # recently deleted inodes. Made later, a store would be drawn to the group a tool had
+        # just emptied (the fewest directories), and pay for its deleted inodes (see Trash).
+        for rnd in range(1, a.rounds + 1):
+            for w in workloads:
+                st, pl, rg = round_dirs(rnd, w)
+                for d in (*st.values(), *pl.values(), rg):
+                    d.mkdir()
         for rnd in range(1, a.rounds + 1):
             log(f"round {rnd}/{a.rounds}")
             for w in workloads:
                 ctx = ctxroot / w
                 tag = f"bench-{w}:latest"
-                target = Registry(work / f"registry-r{rnd}-{w}")
+                stores, pulls, regdir = round_dirs(rnd, w)
+                target = Registry(regdir)
                 registries.append(target)
                 write_registries_conf([base_reg.host, target.host])
-                stores = {pb.name: work / f"pb-r{rnd}-{w}", bh.name: work / f"bh-r{rnd}-{w}",
-                          pbv.name: work / f"pbv-r{rnd}-{w}"}
-                pulls = {pb.name: work / f"pb-r{rnd}-{w}-pull", bh.name: work / f"bh-r{rnd}-{w}-pull"}
-                for t in tools:
-                    trash.put(stores[t.name])
-                    trash.put(pulls[t.name])
-                trash.put(stores[pbv.name])
                 # cold: empty store, build with no cache, export an OCI archive
                 for t in build_tools:
                     out = work / f"{t.name}-{w}.oci.tar"
