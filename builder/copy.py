@@ -554,9 +554,12 @@ def materialize(entries: Iterable[Entry], root: Path, clamp_mtime: int | None = 
     the count. The result is what extracting the same entries' layer gives (mtimes clamped to
     ``clamp_mtime`` as the layer writer clamps them), so it can serve as the layer's snapshot.
 
-    Directories come first, then regular files (created on several threads: file creation is
-    kernel work that runs in parallel), then links and special files, then the directories'
-    metadata, so their mtimes stay as given. Device nodes that cannot be made (no CAP_MKNOD) are
+    Directories come first, then regular files, then links and special files, then the
+    directories' metadata, so their mtimes stay as given. Files are made on one thread: threads
+    creating files in one directory queue on its lock, spinning (app's 5,000 files: 0.09 s on one
+    thread, 0.14 s on four threads each taking whole directories, 0.3 s on four taking files in
+    turn), and on ext4 without a journal, where each creation can first step over the inodes
+    deleted in the last minute, the spinning doubled that cost. Device nodes that cannot be made (no CAP_MKNOD) are
     left out. Every parent is a directory this call made: entries come from a LayerPlan, whose
     parents are always directories.
     """
@@ -566,15 +569,8 @@ def materialize(entries: Iterable[Entry], root: Path, clamp_mtime: int | None = 
     files = [e for e in todo if e.type == "file"]
     for e in dirs:
         os.makedirs(root / e.path, exist_ok=True)
-    workers = min(4, 2 * (os.cpu_count() or 1))
-    if len(files) >= 64 and workers > 1:
-        from concurrent.futures import ThreadPoolExecutor
-        with ThreadPoolExecutor(workers, thread_name_prefix="snapshot") as pool:
-            for _ in pool.map(lambda e: _write_file_entry(root, e), files, chunksize=32):
-                pass
-    else:
-        for e in files:
-            _write_file_entry(root, e)
+    for e in files:  # one thread: see the docstring
+        _write_file_entry(root, e)
     n = len(dirs) + len(files)
     for e in todo:
         if e.type in ("dir", "file"):
