@@ -12,7 +12,8 @@ What it does (see bench/README.md):
   3. picks buildah's storage driver (overlay when a probe build works here, else vfs) and writes a
      registries.conf that marks the local registries insecure (CONTAINERS_REGISTRIES_CONF);
   4. for each round, for each workload, times five phases, pybuild then buildah for each phase
-     (A B A B …): cold, noop, onefile, push, pull (fresh stores where the phase says so);
+     (A B A B …): cold, noop, onefile, push, pull (fresh stores where the phase says so); then
+     pybuild with --storage-driver vfs in rounds of its own (cold, noop, onefile);
   5. a dedicated run of each tool's cold build of ``text`` measures peak RSS
      (getrusage(RUSAGE_CHILDREN) in a wrapper process);
   6. prints medians, the ratio pybuild/buildah and the target per phase; ``--json`` writes the same
@@ -496,7 +497,7 @@ def main() -> int:
         bh = Buildah(work / "bh", driver)
         tools: list[Any] = [pb, bh]
         pbv = PybuildVfs(pb_argv, python, work / "pbv")
-        build_tools: list[Any] = [pb, pbv, bh] if a.vfs else tools  # cold, noop, onefile
+        build_tools: list[Any] = [pb, pbv, bh] if a.vfs else tools  # cold, noop, onefile (pbv after the rounds)
 
         samples: dict[str, dict[str, dict[str, list[Any]]]] = {
             w: {ph: {t.name: [] for t in build_tools} for ph in PHASES} for w in workloads}
@@ -509,6 +510,36 @@ def main() -> int:
                                          "steps": [{k: s[k] for k in ("wall", "user", "sys", "rc")} for s in steps]})
             log(f"  {w:10s} {ph:8s} {tool:8s} {'FAILED' if wall is None else f'{wall:8.2f}s'}"
                 f"  (cpu {sum(s['cpu'] for s in steps):.2f}s)")
+
+        def build_phases(w: str, ctx: Path, tag: str, stores: dict[str, Path], which: list[Any]) -> None:
+            """cold, noop and onefile of workload ``w`` for the tools ``which``, in turn."""
+            # cold: empty store, build with no cache, export an OCI archive
+            for t in which:
+                out = work / f"{t.name}-{w}.oci.tar"
+                out.unlink(missing_ok=True)
+                s1 = runner.run(t.build(stores[t.name], tag, ctx), f"{t.name}-{w}-cold-build", check=False)
+                s2 = runner.run(t.save(stores[t.name], tag, out), f"{t.name}-{w}-cold-save", check=False,
+                                settle=False) \
+                    if s1["rc"] == 0 else s1
+                record(w, "cold", t.name, [s1, s2] if s2 is not s1 else [s1])
+                if out.exists():
+                    sizes[w][t.name] = out.stat().st_size
+                    out.unlink()
+            # noop: rebuild, nothing changed
+            for t in which:
+                record(w, "noop", t.name, [runner.run(t.build(stores[t.name], tag, ctx), f"{t.name}-{w}-noop",
+                                                      check=False)])
+            # onefile: one byte of one copied file changed, rebuild; then restore (untimed rebuild)
+            target_file = onefile_target(ctx, w)
+            if target_file is not None:
+                for t in which:
+                    undo = flip_byte(target_file)
+                    try:
+                        record(w, "onefile", t.name, [runner.run(t.build(stores[t.name], tag, ctx),
+                                                                 f"{t.name}-{w}-onefile", check=False)])
+                    finally:
+                        unflip_byte(target_file, undo)
+                    runner.run(t.build(stores[t.name], tag, ctx), f"{t.name}-{w}-restore", check=False)
 
         # 4. rounds
         def round_dirs(rnd: int, w: str) -> tuple[dict[str, Path], dict[str, Path], Path]:
@@ -534,33 +565,7 @@ def main() -> int:
                 target = Registry(regdir)
                 registries.append(target)
                 write_registries_conf([base_reg.host, target.host])
-                # cold: empty store, build with no cache, export an OCI archive
-                for t in build_tools:
-                    out = work / f"{t.name}-{w}.oci.tar"
-                    out.unlink(missing_ok=True)
-                    s1 = runner.run(t.build(stores[t.name], tag, ctx), f"{t.name}-{w}-cold-build", check=False)
-                    s2 = runner.run(t.save(stores[t.name], tag, out), f"{t.name}-{w}-cold-save", check=False,
-                                    settle=False) \
-                        if s1["rc"] == 0 else s1
-                    record(w, "cold", t.name, [s1, s2] if s2 is not s1 else [s1])
-                    if out.exists():
-                        sizes[w][t.name] = out.stat().st_size
-                        out.unlink()
-                # noop: rebuild, nothing changed
-                for t in build_tools:
-                    record(w, "noop", t.name, [runner.run(t.build(stores[t.name], tag, ctx), f"{t.name}-{w}-noop",
-                                                          check=False)])
-                # onefile: one byte of one copied file changed, rebuild; then restore (untimed rebuild)
-                target_file = onefile_target(ctx, w)
-                if target_file is not None:
-                    for t in build_tools:
-                        undo = flip_byte(target_file)
-                        try:
-                            record(w, "onefile", t.name, [runner.run(t.build(stores[t.name], tag, ctx),
-                                                                     f"{t.name}-{w}-onefile", check=False)])
-                        finally:
-                            unflip_byte(target_file, undo)
-                        runner.run(t.build(stores[t.name], tag, ctx), f"{t.name}-{w}-restore", check=False)
+                build_phases(w, ctx, tag, stores, tools)
                 # push: to a fresh registry (nothing there yet, so every blob is uploaded)
                 refs = {t.name: f"{target.host}/bench/{t.name}-{w}:r{rnd}" for t in tools}
                 for t in tools:
@@ -572,9 +577,21 @@ def main() -> int:
                                                           f"{t.name}-{w}-pull", check=False)])
                 target.stop()
                 registries.remove(target)
-                for d in (target.dir, *stores.values(), *pulls.values()):
+                for d in (target.dir, stores[pb.name], stores[bh.name], *pulls.values()):
                     trash.put(d)
         write_registries_conf([base_reg.host])
+
+        # 4b. pybuild-vfs: the same build phases in rounds of their own, after the A/B rounds. Its
+        # RUN steps copy the whole file system and delete the copy (app: ~11,000 files a build),
+        # and on this file system deletions slow the next minute's file creations (see Trash): run
+        # between pybuild and buildah, it taxed whichever came next.
+        if a.vfs:
+            for rnd in range(1, a.rounds + 1):
+                log(f"pybuild-vfs round {rnd}/{a.rounds}")
+                for w in workloads:
+                    stores, _, _ = round_dirs(rnd, w)
+                    build_phases(w, ctxroot / w, f"bench-{w}:latest", stores, [pbv])
+                    trash.put(stores[pbv.name])
 
         # 5. peak RSS: a dedicated cold build of text (and of the others, for context)
         rss: dict[str, Any] = {}
