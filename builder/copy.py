@@ -559,8 +559,8 @@ def materialize(entries: Iterable[Entry], root: Path, clamp_mtime: int | None = 
     creating files in one directory queue on its lock, spinning (app's 5,000 files: 0.09 s on one
     thread, 0.14 s on four threads each taking whole directories, 0.3 s on four taking files in
     turn), and on ext4 without a journal, where each creation can first step over the inodes
-    deleted in the last minute, the spinning doubled that cost. Device nodes that cannot be made (no CAP_MKNOD) are
-    left out. Every parent is a directory this call made: entries come from a LayerPlan, whose
+    deleted in the last minute, the spinning doubled that cost. Device nodes that cannot be made
+    (no CAP_MKNOD) are left out. Every parent is a directory this call made: entries come from a LayerPlan, whose
     parents are always directories.
     """
     todo = [replace(e, mtime=clamp_mtime) if clamp_mtime is not None and e.mtime > clamp_mtime else e
