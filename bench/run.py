@@ -131,8 +131,12 @@ class Trash:
             return
         unmount_below(path)
         self.dir.mkdir(exist_ok=True)
-        self.n += 1
-        os.rename(path, self.dir / f"{self.n:04d}-{path.name}")
+        while True:  # a --workdir used before may hold a trash already
+            self.n += 1
+            dest = self.dir / f"{self.n:04d}-{path.name}"
+            if not dest.exists():
+                break
+        os.rename(path, dest)
 
 
 class Registry(DistributionRegistry):
@@ -555,6 +559,7 @@ def main() -> int:
             for w in workloads:
                 st, pl, rg = round_dirs(rnd, w)
                 for d in (*st.values(), *pl.values(), rg):
+                    trash.put(d)  # left by an earlier run in the same --workdir
                     d.mkdir()
         for rnd in range(1, a.rounds + 1):
             log(f"round {rnd}/{a.rounds}")
@@ -736,7 +741,9 @@ def summarize(samples: dict[str, Any], workloads: list[str], a: argparse.Namespa
         "duration_s": round(time.time() - started, 1),
         "machine": machine,
         "config": {"workloads": workloads, "scale": a.scale, "rounds": a.rounds,
-                   "buildah_storage_driver": driver, "pybuild": a.pybuild, "order": "pybuild then buildah, per phase"},
+                   "buildah_storage_driver": driver, "pybuild": a.pybuild,
+                   "order": "pybuild then buildah, per phase; pybuild-vfs in rounds of its own after them",
+                   "deletions": "none during the rounds (trash dir); stores made first, spread by chattr +T"},
         "rows": rows,
         "oci_archive_bytes": sizes,
         "peak_rss": rss,
