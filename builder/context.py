@@ -1532,6 +1532,10 @@ class BuildContext:
     def _open_resolved(self, relpath: str, resolved: str) -> int:
         """Open the regular file at the index path ``resolved``: the final component with
         O_NOFOLLOW below its directory's descriptor (see :meth:`_dir_fd`)."""
+        return self._open_resolved_stat(relpath, resolved)[0]
+
+    def _open_resolved_stat(self, relpath: str, resolved: str) -> tuple[int, os.stat_result]:
+        """:meth:`_open_resolved`, with the ``fstat`` of the file it opened."""
         if self.root is None:
             raise self._not_found(relpath)
         parent, _, name = resolved.rpartition("/")
@@ -1540,7 +1544,8 @@ class BuildContext:
                 dfd = self._dir_fd(parent)
                 fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd)
             try:
-                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
                     raise OSError(errno.EINVAL, "not a regular file", relpath)
                 os.set_blocking(fd, True)
             except BaseException:
@@ -1554,7 +1559,7 @@ class BuildContext:
                                 hint="do not modify the context while building; build again") from e
             raise UserError(f'"{relpath}": cannot read from the build context: {e.strerror or e}',
                             hint="was the context changed during the build?") from e
-        return fd
+        return fd, st
 
     def read_bytes(self, relpath: str) -> bytes:
         """The content of the regular file ``relpath`` (same guarantees and errors as :meth:`open`)."""
@@ -1631,9 +1636,8 @@ class BuildContext:
                 self._digests[resolved] = hit
                 return hit
         started = time.time_ns()
-        fd = self._open_resolved(relpath, resolved)
+        fd, before = self._open_resolved_stat(relpath, resolved)
         try:
-            before = os.fstat(fd)
             h = hashlib.sha256()
             total = 0
             first = b""
