@@ -95,8 +95,9 @@ STATCACHE_FILENAME = "statcache.sqlite"
 _CHUNK = 1 << 20
 _READ_MIN = 4096
 _KEEP_FILE_MAX = 64 << 10
-"""Files up to this size keep the bytes hashed for a cache key until the step opens them (see
-:meth:`BuildContext.open`), at most ``_KEEP_TOTAL_MAX`` bytes at a time."""
+"""Files up to this size keep the bytes hashed for a cache key until the step ends (see
+:meth:`BuildContext.open` and :meth:`BuildContext.release_kept`), at most ``_KEEP_TOTAL_MAX``
+bytes at a time."""
 _KEEP_TOTAL_MAX = 64 << 20
 _MAX_SYMLINK_HOPS = 255
 _TREE_DIGEST_HEADER = b"pybuild.context.tree/v1\n"
@@ -1492,7 +1493,7 @@ class BuildContext:
         kept = self._kept.get(resolved)
         if kept is not None:
             return io.BytesIO(kept)
-        fd = self._open_resolved(relpath, resolved)
+        fd, _ = self._open_resolved(relpath, resolved)
         return os.fdopen(fd, "rb", buffering=0)  # callers read whole files or 1 MiB chunks
 
     def release_kept(self) -> None:
@@ -1529,13 +1530,10 @@ class BuildContext:
                 os.close(self._dir_fds.popitem(last=False)[1])
             return fd
 
-    def _open_resolved(self, relpath: str, resolved: str) -> int:
+    def _open_resolved(self, relpath: str, resolved: str) -> tuple[int, os.stat_result]:
         """Open the regular file at the index path ``resolved``: the final component with
-        O_NOFOLLOW below its directory's descriptor (see :meth:`_dir_fd`)."""
-        return self._open_resolved_stat(relpath, resolved)[0]
-
-    def _open_resolved_stat(self, relpath: str, resolved: str) -> tuple[int, os.stat_result]:
-        """:meth:`_open_resolved`, with the ``fstat`` of the file it opened."""
+        O_NOFOLLOW below its directory's descriptor (see :meth:`_dir_fd`). Returns the
+        descriptor and its ``fstat``."""
         if self.root is None:
             raise self._not_found(relpath)
         parent, _, name = resolved.rpartition("/")
@@ -1636,7 +1634,7 @@ class BuildContext:
                 self._digests[resolved] = hit
                 return hit
         started = time.time_ns()
-        fd, before = self._open_resolved_stat(relpath, resolved)
+        fd, before = self._open_resolved(relpath, resolved)
         try:
             h = hashlib.sha256()
             total = 0
@@ -1812,7 +1810,7 @@ class BuildContext:
             resolved = self.resolve(src)
             if self._entry(resolved).type is not EntryType.FILE:
                 return None
-            fd = self._open_resolved(src, resolved)
+            fd, _ = self._open_resolved(src, resolved)
         except UserError:
             return None
         with os.fdopen(fd, "rb") as f:
