@@ -46,6 +46,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO / "testdata"))
 from distribution_registry import DistributionRegistry, RegistryDidNotStart  # noqa: E402
+from scratchfs import LoopExt4, ScratchFsError, is_mountpoint  # noqa: E402
 ALL_WORKLOADS = ["app", "smallfiles", "multistage", "deep", "text"]
 PHASES = ["cold", "noop", "onefile", "push", "pull"]
 # ratio pybuild/buildah each phase must stay at or under (issue 6); deep cold has its own
@@ -403,6 +404,11 @@ def main() -> int:
     ap.add_argument("--profile", metavar="DIR", help="after the rounds, profile every pybuild phase with cProfile into DIR")
     ap.add_argument("--workdir", metavar="DIR", help="scratch dir (default: a new dir under /var/tmp)")
     ap.add_argument("--keep", action="store_true", help="keep the scratch dir (contexts, logs)")
+    ap.add_argument("--scratch-fs", choices=["ext4", "host"], default="ext4",
+                    help="ext4 (default): a new ext4 with mkfs's defaults, journal on, in a sparse file "
+                         "beside the scratch dir, loop-mounted on it for the run (see bench/scratchfs.py); "
+                         "host: the scratch dir on the file system that holds it. A --workdir that is a "
+                         "mount point is used as it is")
     ap.add_argument("--pybuild", default=str(REPO / ".venv/bin/pybuild"), help="pybuild executable under test")
     ap.add_argument("--python", default=None, help="python with pybuild importable (for --profile; default: "
                     "the pybuild executable's venv python)")
@@ -436,6 +442,15 @@ def main() -> int:
     started = time.time()
     work = Path(a.workdir).resolve() if a.workdir else Path(tempfile.mkdtemp(prefix="pybuild-bench-", dir="/var/tmp"))
     work.mkdir(parents=True, exist_ok=True)
+    scratch: LoopExt4 | None = None
+    if a.scratch_fs == "ext4" and not is_mountpoint(work):
+        scratch = LoopExt4(Path(str(work) + ".ext4"), work)
+        try:
+            scratch.mount()
+        except ScratchFsError as e:
+            raise SystemExit(f"scratch file system: {e}") from None
+        log(f"scratch file system: {scratch.image} ({'new' if scratch.formatted else 'kept from a run before'}), "
+            f"ext4 with a journal on {scratch.device}, mounted on {work}")
     topdir = spread_subdirs(work)
     logs = work / "logs"
     logs.mkdir(exist_ok=True)
@@ -634,6 +649,7 @@ def main() -> int:
         # 7. report
         machine = machine_info(work)
         machine["workdir_topdir"] = topdir
+        machine["scratch_fs"] = scratch.describe() if scratch else {"kind": "host"}
         if a.rev:
             machine["pybuild_git"] = f"{rev_sha} (snapshot of {a.rev})"
         machine["pybuild_module"] = pybuild_module
@@ -647,7 +663,17 @@ def main() -> int:
     finally:
         for r in registries:
             r.stop()
-        if not a.keep:
+        if scratch is not None:
+            # nothing is deleted file by file: the whole file system goes with its image
+            unmount_below(work)
+            scratch.unmount()
+            if a.keep:
+                log(f"kept {scratch.image}: mount -o loop {scratch.image} {work} to look inside")
+            else:
+                scratch.image.unlink(missing_ok=True)
+                if not any(work.iterdir()):
+                    work.rmdir()
+        elif not a.keep:
             for p in sorted(work.glob("bh*")) + sorted(work.glob("rss-*")):
                 rmtree(p)
             rmtree(work)
@@ -743,7 +769,8 @@ def summarize(samples: dict[str, Any], workloads: list[str], a: argparse.Namespa
         "config": {"workloads": workloads, "scale": a.scale, "rounds": a.rounds,
                    "buildah_storage_driver": driver, "pybuild": a.pybuild,
                    "order": "pybuild then buildah, per phase; pybuild-vfs in rounds of its own after them",
-                   "deletions": "none during the rounds (trash dir); stores made first, spread by chattr +T"},
+                   "deletions": "none during the rounds (trash dir); stores made first, spread by chattr +T",
+                   "scratch_fs": a.scratch_fs},
         "rows": rows,
         "oci_archive_bytes": sizes,
         "peak_rss": rss,
