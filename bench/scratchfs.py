@@ -30,14 +30,14 @@ class ScratchFsError(Exception):
 
 
 def _run(argv: list[str]) -> str:
-    p = subprocess.run(argv, capture_output=True, text=True)
+    p = subprocess.run(argv, capture_output=True, text=True, check=False)
     if p.returncode != 0:
         raise ScratchFsError(f"{' '.join(argv)} failed ({p.returncode}): {(p.stderr or p.stdout).strip()}")
     return p.stdout.strip()
 
 
 def is_mountpoint(path: Path) -> bool:
-    return subprocess.run(["mountpoint", "-q", str(path)]).returncode == 0
+    return subprocess.run(["mountpoint", "-q", str(path)], check=False).returncode == 0
 
 
 class LoopExt4:
@@ -76,7 +76,7 @@ class LoopExt4:
             self.mountpoint.mkdir(parents=True, exist_ok=True)
             _run(["mount", "-t", "ext4", self.device, str(self.mountpoint)])
         except ScratchFsError:
-            subprocess.run(["losetup", "-d", self.device], capture_output=True)
+            subprocess.run(["losetup", "-d", self.device], capture_output=True, check=False)
             self.device = None
             raise
 
@@ -84,16 +84,16 @@ class LoopExt4:
         """Unmount (lazily when busy) and detach; the image stays. Never raises."""
         if self.device is None:
             return
-        if subprocess.run(["umount", str(self.mountpoint)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(self.mountpoint)], capture_output=True)
-        subprocess.run(["losetup", "-d", self.device], capture_output=True)  # autoclear when still busy
+        if subprocess.run(["umount", str(self.mountpoint)], capture_output=True, check=False).returncode != 0:
+            subprocess.run(["umount", "-l", str(self.mountpoint)], capture_output=True, check=False)
+        subprocess.run(["losetup", "-d", self.device], capture_output=True, check=False)  # autoclear when still busy
         self.device = None
 
     def describe(self) -> dict[str, Any]:
         """What the JSON report records about the file system (features as dumpe2fs prints them)."""
         info: dict[str, Any] = {"kind": "loop-ext4", "image": str(self.image), "size": IMAGE_SIZE,
                                 "device": self.device}
-        p = subprocess.run(["dumpe2fs", "-h", str(self.device or self.image)], capture_output=True, text=True)
+        p = subprocess.run(["dumpe2fs", "-h", str(self.device or self.image)], capture_output=True, text=True, check=False)
         for line in p.stdout.splitlines():
             if line.startswith("Filesystem features:"):
                 info["features"] = line.split(":", 1)[1].split()
