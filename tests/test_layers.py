@@ -251,6 +251,37 @@ def test_writer_bytes_equal_tarfiles_pax_writer() -> None:
         assert ours.getvalue() == _tarfile_pax(entries, clamp), f"trial {trial}"
 
 
+def test_header_checksum_is_the_byte_sum_of_any_block() -> None:
+    """The header checksum (Adler-32 halves, see store.layers._byte_sum) equals the plain byte
+    sum for any 512-byte block, the all-0xFF one (the largest sum) included."""
+    import random
+    from pybuild.store.layers import _byte_sum
+    rng = random.Random(11)
+    blocks = [bytes(512), b"\xff" * 512, b"\xff" * 256 + bytes(256), bytes(256) + b"\xff" * 256]
+    blocks += [rng.randbytes(512) for _ in range(500)]
+    for b in blocks:
+        assert _byte_sum(bytearray(b)) == sum(b)
+
+
+def test_writer_streams_a_file_bigger_than_its_buffer() -> None:
+    """A file of several MiB goes through the writer's 1 MiB buffer in pieces, byte for byte
+    what tarfile writes, between small files on both sides."""
+    big = os.urandom((3 << 20) + 777)
+    entries = [Entry("a", "file", 0o644, size=3, mtime=5, open=lambda: io.BytesIO(b"abc")),
+               Entry("b", "file", 0o600, size=len(big), mtime=6, open=lambda: io.BytesIO(big)),
+               Entry("c", "file", 0o644, size=1, mtime=7, open=lambda: io.BytesIO(b"z"))]
+    chunks: list[int] = []
+
+    class Sink(io.BytesIO):
+        def write(self, b) -> int:  # type: ignore[no-untyped-def, override]
+            chunks.append(len(b))
+            return super().write(b)
+    out = Sink()
+    write_tar(entries, out)
+    assert out.getvalue() == _tarfile_pax(entries, None)
+    assert len(chunks) >= 4 and max(chunks) < (1 << 20) + (1 << 20) + 1024
+
+
 def test_writer_refuses_a_file_that_shrank() -> None:
     e = Entry(path="f", type="file", size=10, open=lambda: io.BytesIO(b"short"))
     with pytest.raises(InvalidArchive, match="shrank"):
