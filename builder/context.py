@@ -99,6 +99,7 @@ _KEEP_FILE_MAX = 64 << 10
 :meth:`BuildContext.open` and :meth:`BuildContext.release_kept`), at most ``_KEEP_TOTAL_MAX``
 bytes at a time."""
 _KEEP_TOTAL_MAX = 64 << 20
+_SrcStat: "type | None" = None  # builder.copy.SrcStat, once ContextFS.lstat has run
 _MAX_SYMLINK_HOPS = 255
 _TREE_DIGEST_HEADER = b"pybuild.context.tree/v1\n"
 _DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
@@ -682,6 +683,18 @@ class StatCache:
                                if isinstance(r[6], str) and match(r[6])}
             self._preload_prefix = os.fsdecode(lo)
 
+    def lookup(self, path: str, dev: int, ino: int, size: int, mtime_ns: int, ctime_ns: int) -> str | None:
+        """:meth:`get` of ``StatKey(path, dev, ino, size, mtime_ns, ctime_ns)``, without making
+        the key when the path is in the preloaded rows (the common case: once per context file)."""
+        with self._lock:
+            if self._preloaded is not None and path not in self._pending \
+                    and path.startswith(self._preload_prefix):
+                hit = self._preloaded.get(path)
+                if hit is None or hit[0] != (_i64(dev), _i64(ino), size, mtime_ns, ctime_ns):
+                    return None
+                return hit[1]
+        return self.get(StatKey(path, dev, ino, size, mtime_ns, ctime_ns))
+
     def get(self, key: StatKey) -> str | None:
         """The digest stored for exactly this ``key``, else None.
 
@@ -1202,6 +1215,7 @@ class BuildContext:
         self._children: dict[str, list[str]] = {}
         self._root_entry: ContextEntry | None = None
         self._digests: dict[str, str] = {}
+        self._tree_digests: dict[tuple[str, ...], str] = {}  # paths -> tree_digest, once computed
         self._kept: dict[str, bytes] = {}  # resolved path -> the bytes its digest was computed over
         self._kept_bytes = 0
         self._resolved: dict[tuple[str, bool], str] = {}
@@ -1480,8 +1494,8 @@ class BuildContext:
         outside (every component is opened with ``O_NOFOLLOW`` below a directory descriptor).
         A small file hashed since the last :meth:`release_kept` is served from the bytes its
         digest was computed over (no second read for the layer or the snapshot, and the content
-        matches the cache key); else the file is opened unbuffered (callers read whole files or
-        1 MiB chunks).
+        matches the cache key); another file of up to 64 KiB is read at once into memory; a
+        bigger one is opened unbuffered (callers read whole files or 1 MiB chunks).
         Raises NotFound (missing/excluded), UserError (not a regular file, unreadable, or the
         context changed since the walk).
         """
@@ -1493,8 +1507,22 @@ class BuildContext:
         kept = self._kept.get(resolved)
         if kept is not None:
             return io.BytesIO(kept)
-        fd, _ = self._open_resolved(relpath, resolved)
-        return os.fdopen(fd, "rb", buffering=0)  # callers read whole files or 1 MiB chunks
+        fd, st = self._open_resolved(relpath, resolved)
+        if st.st_size > _KEEP_FILE_MAX:
+            return os.fdopen(fd, "rb", buffering=0)  # callers read whole files or 1 MiB chunks
+        try:  # a small file is read at once: cheaper than a file object per file
+            data = os.read(fd, st.st_size + 1)
+            while len(data) <= st.st_size:
+                more = os.read(fd, st.st_size + 1 - len(data))
+                if not more:
+                    break
+                data += more
+        except OSError as e:
+            raise UserError(f'"{relpath}": reading from the build context failed: {e.strerror or e}'
+                            ) from e
+        finally:
+            os.close(fd)
+        return io.BytesIO(data)
 
     def release_kept(self) -> None:
         """Forget the small files' bytes kept since they were hashed (see :meth:`open`); a later
@@ -1627,9 +1655,8 @@ class BuildContext:
             if not self._cache_preloaded:
                 self._cache_preloaded = True
                 cache.preload(os.fspath(self.root))  # one query for the whole context
-            key = StatKey(self._abs(resolved), entry.dev, entry.inode, entry.size,
-                          entry.mtime_ns, entry.ctime_ns)
-            hit = cache.get(key)
+            hit = cache.lookup(self._abs(resolved), entry.dev, entry.inode, entry.size,
+                               entry.mtime_ns, entry.ctime_ns)
             if hit is not None:
                 self._digests[resolved] = hit
                 return hit
@@ -1692,14 +1719,22 @@ class BuildContext:
         the type, the mode (incl. suid/sgid/sticky), uid, gid, the content digest of files, the
         target of symlinks and the device number of device nodes — never timestamps, inode or
         size of directories. A top-level path that is a symlink also brings in what it points to.
+        The same paths give the same digest for the life of the context, computed once: the
+        index and the file digests it covers never change once taken (the silent second pass of
+        a build that keeps an up-to-date record asks again for every COPY).
         Raises NotFound when a path is missing or excluded, UserError like :meth:`open`.
         """
+        key = tuple(paths)
+        done = self._tree_digests.get(key)
+        if done is not None:
+            return done
         h = hashlib.sha256(_TREE_DIGEST_HEADER)
         q, update = _json_string, h.update
-        for path, kind, mode, uid, gid, payload in self.tree_entries(paths):
+        for path, kind, mode, uid, gid, payload in self.tree_entries(key):
             # the line is json.dumps(list(fields), ensure_ascii=True, separators=(",", ":"))
             update(f"[{q(path)},{q(kind)},{q(mode)},{uid:d},{gid:d},{q(payload)}]\n".encode("ascii"))
-        return "sha256:" + h.hexdigest()
+        digest = self._tree_digests[key] = "sha256:" + h.hexdigest()
+        return digest
 
     def tree_entries(self, paths: Iterable[str]) -> Iterator[tuple[str, str, str, int, int, str]]:
         """What :meth:`tree_digest` hashes, entry by entry in sorted path order: ``(path, type,
@@ -1844,13 +1879,15 @@ class ContextFS:
 
     def lstat(self, path: str) -> "object | None":
         """A ``SrcStat`` for ``path`` itself, or None when it is missing or excluded."""
-        from .copy import SrcStat  # the copy engine's value type; imported when first used
+        global _SrcStat
+        if _SrcStat is None:
+            from .copy import SrcStat as _SrcStat  # the copy engine's value type, imported when first used
         try:
             e = self.ctx.lstat(path or ".")
         except UserError:
             return None
         kind = e.type.value if e.type is not EntryType.SOCKET else "other"
-        return SrcStat(kind, e.mode, e.uid, e.gid, e.size, e.mtime_ns / 1e9, e.link_target or "",
+        return _SrcStat(kind, e.mode, e.uid, e.gid, e.size, e.mtime_ns / 1e9, e.link_target or "",
                        e.rdev, (e.dev, e.inode) if e.nlink > 1 and e.type is not EntryType.DIR else None)
 
     def resolve(self, path: str) -> str:

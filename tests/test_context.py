@@ -664,6 +664,59 @@ def test_open_serves_the_bytes_a_small_file_was_hashed_over_until_released(tmp_p
     assert ctx.read_bytes("a.txt") == b"ALPHA"
 
 
+def test_open_reads_a_small_file_at_once_and_streams_a_big_one(tmp_path: Path) -> None:
+    """A context file that was not hashed in this step (a stat-cache hit) is read into memory at
+    once when it is small, and opened as a stream when it is bigger than 64 KiB; either way the
+    bytes are the file's current ones."""
+    small, edge = os.urandom(1000), os.urandom(ctxmod._KEEP_FILE_MAX)
+    big = os.urandom(ctxmod._KEEP_FILE_MAX + 1)
+    ctx = make_ctx(tmp_path, {"small": small, "edge": edge, "big": big, "empty": b""})
+    for name, data, kind in (("small", small, io.BytesIO), ("edge", edge, io.BytesIO),
+                             ("empty", b"", io.BytesIO), ("big", big, io.FileIO)):
+        with ctx.open(name) as f:
+            assert isinstance(f, kind), name
+            assert f.read() == data, name
+    assert ctx.hashed_files == 0 and not ctx._kept          # opening is not hashing
+
+
+def test_tree_digest_is_computed_once_for_the_same_paths(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A build that keeps an up-to-date record asks again for every COPY's digest in its silent
+    second pass: the same paths are answered from the first computation."""
+    ctx = make_ctx(tmp_path, {"a": "1", "d/b": "2", "d/c": "3"})
+    first = ctx.tree_digest(["a", "d"])
+    other = ctx.tree_digest(["d"])
+    assert other != first
+    monkeypatch.setattr(ctx, "tree_entries", lambda paths: pytest.fail(f"recomputed {paths}"))
+    assert ctx.tree_digest(["a", "d"]) == first
+    assert ctx.tree_digest(iter(["a", "d"])) == first       # any iterable of the same paths
+    assert ctx.tree_digest(("d",)) == other
+
+
+def test_stat_cache_lookup_answers_like_get(tmp_path: Path) -> None:
+    """``lookup`` (no key object, for preloaded rows) gives what ``get`` gives: a hit only for
+    the same path, device, inode, size and times; pending writes and paths outside the
+    preloaded directory are answered from there."""
+    cache = StatCache(tmp_path / "sc.sqlite")
+    d = "sha256:" + "ab" * 32
+    key = StatKey("/ctx/a", 1, 2, 3, 4_000, 5_000)
+    cache.put(key, d, hashed_at_ns=10_000_000_000)
+    cache.flush()
+    cache.put(StatKey("/ctx/p", 1, 9, 3, 4_000, 5_000), d, hashed_at_ns=10_000_000_000)  # still pending
+    cache.put(StatKey("/other/o", 1, 8, 3, 4_000, 5_000), d, hashed_at_ns=10_000_000_000)
+    cache.flush()
+    cache.put(StatKey("/ctx/p", 1, 9, 3, 4_000, 5_000), d, hashed_at_ns=10_000_000_000)
+    cache.preload("/ctx")
+    probes = [("/ctx/a", 1, 2, 3, 4_000, 5_000), ("/ctx/a", 1, 2, 3, 4_001, 5_000), ("/ctx/a", 1, 2, 4, 4_000, 5_000),
+              ("/ctx/a", 1, 7, 3, 4_000, 5_000), ("/ctx/a", 2, 2, 3, 4_000, 5_000), ("/ctx/a", 1, 2, 3, 4_000, 5_001),
+              ("/ctx/missing", 1, 2, 3, 4_000, 5_000), ("/ctx/p", 1, 9, 3, 4_000, 5_000),
+              ("/other/o", 1, 8, 3, 4_000, 5_000), ("/other/o", 1, 8, 3, 4_000, 6_000)]
+    answers = [cache.lookup(*pr) for pr in probes]
+    assert answers == [cache.get(StatKey(*pr)) for pr in probes]
+    assert answers == [d, None, None, None, None, None, None, d, d, None]
+    cache.close()
+
+
 def test_kept_bytes_are_capped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ctxmod, "_KEEP_TOTAL_MAX", 10)
     ctx = make_ctx(tmp_path, {"a": b"123456", "b": b"abcdef"})
