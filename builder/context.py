@@ -99,6 +99,7 @@ _KEEP_FILE_MAX = 64 << 10
 :meth:`BuildContext.open` and :meth:`BuildContext.release_kept`), at most ``_KEEP_TOTAL_MAX``
 bytes at a time."""
 _KEEP_TOTAL_MAX = 64 << 20
+_TREE_LIST_MAX = 100_000  # tree_entries lists kept per COPY tree, as the explain record's cap
 _SrcStat: "type | None" = None  # builder.copy.SrcStat, once ContextFS.lstat has run
 _MAX_SYMLINK_HOPS = 255
 _TREE_DIGEST_HEADER = b"pybuild.context.tree/v1\n"
@@ -1216,6 +1217,7 @@ class BuildContext:
         self._root_entry: ContextEntry | None = None
         self._digests: dict[str, str] = {}
         self._tree_digests: dict[tuple[str, ...], str] = {}  # paths -> tree_digest, once computed
+        self._tree_lists: dict[tuple[str, ...], list[tuple[str, str, str, int, int, str]]] = {}  # its entries
         self._kept: dict[str, bytes] = {}  # resolved path -> the bytes its digest was computed over
         self._kept_bytes = 0
         self._resolved: dict[tuple[str, bool], str] = {}
@@ -1730,9 +1732,17 @@ class BuildContext:
             return done
         h = hashlib.sha256(_TREE_DIGEST_HEADER)
         q, update = _json_string, h.update
-        for path, kind, mode, uid, gid, payload in self.tree_entries(key):
+        listing: list[tuple[str, str, str, int, int, str]] | None = [] if key not in self._tree_lists else None
+        for entry in self._tree_entries(key):
+            path, kind, mode, uid, gid, payload = entry
             # the line is json.dumps(list(fields), ensure_ascii=True, separators=(",", ":"))
             update(f"[{q(path)},{q(kind)},{q(mode)},{uid:d},{gid:d},{q(payload)}]\n".encode("ascii"))
+            if listing is not None:
+                listing.append(entry)
+                if len(listing) > _TREE_LIST_MAX:
+                    listing = None
+        if listing is not None:
+            self._tree_lists[key] = listing
         digest = self._tree_digests[key] = "sha256:" + h.hexdigest()
         return digest
 
@@ -1740,8 +1750,15 @@ class BuildContext:
         """What :meth:`tree_digest` hashes, entry by entry in sorted path order: ``(path, type,
         mode as 4 octal digits, uid, gid, payload)``; the payload is a file's ``sha256:`` content
         digest, a symlink's target, a device's ``major,minor``, else empty. File digests are
-        memoised, so after :meth:`tree_digest` over the same paths no file is read again.
+        memoised, so after :meth:`tree_digest` over the same paths no file is read again; for a
+        tree of at most 100,000 entries the list itself is kept by :meth:`tree_digest` and handed
+        out again (the build's ``--explain-cache`` record lists every COPY tree).
         """
+        key = tuple(paths)
+        done = self._tree_lists.get(key)
+        return iter(done) if done is not None else self._tree_entries(key)
+
+    def _tree_entries(self, paths: tuple[str, ...]) -> Iterator[tuple[str, str, str, int, int, str]]:
         records = self._tree_records(paths)
         for path in sorted(records):
             e = records[path]

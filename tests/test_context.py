@@ -693,6 +693,24 @@ def test_tree_digest_is_computed_once_for_the_same_paths(tmp_path: Path,
     assert ctx.tree_digest(("d",)) == other
 
 
+def test_tree_entries_after_tree_digest_come_from_its_list(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The build's explain record lists every COPY tree after the digest was taken: the entries
+    are handed out again, not recomputed, unless the tree is over the cap."""
+    ctx = make_ctx(tmp_path, {"a": "1", "d/b": "2", "d/c": "3"})
+    fresh = list(ctx.tree_entries(["a", "d"]))
+    ctx.tree_digest(["a", "d"])
+    monkeypatch.setattr(ctx, "_tree_records", lambda paths: pytest.fail(f"recomputed {paths}"))
+    assert list(ctx.tree_entries(["a", "d"])) == fresh
+    assert list(ctx.tree_entries(["a", "d"])) == fresh        # as often as asked
+    monkeypatch.undo()
+    monkeypatch.setattr(ctxmod, "_TREE_LIST_MAX", 2)           # a tree of 4 entries is over it
+    big = make_ctx(tmp_path / "big", {"a": "1", "d/b": "2", "d/c": "3"})
+    big.tree_digest(["a", "d"])
+    assert ("a", "d") not in big._tree_lists
+    assert list(big.tree_entries(["a", "d"])) == fresh
+
+
 def test_stat_cache_lookup_answers_like_get(tmp_path: Path) -> None:
     """``lookup`` (no key object, for preloaded rows) gives what ``get`` gives: a hit only for
     the same path, device, inode, size and times; pending writes and paths outside the
