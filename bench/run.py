@@ -462,7 +462,8 @@ def main() -> int:
         try:
             scratch.mount()
         except ScratchFsError as e:
-            raise SystemExit(f"scratch file system: {e}") from None
+            raise SystemExit(f"scratch file system: {e}; --scratch-fs host runs on {work.parent}'s own file "
+                             f"system instead (see bench/README.md)") from None
         log(f"scratch file system: {scratch.image} ({'new' if scratch.formatted else 'kept from a run before'}), "
             f"ext4 with a journal on {scratch.device}, mounted on {work}")
     topdir = spread_subdirs(work)
