@@ -60,7 +60,7 @@ class LoopExt4:
         free_gib = shutil.disk_usage(host).free / 2**30
         if free_gib < MIN_FREE_GIB:
             raise ScratchFsError(f"{host} has {free_gib:.1f} GiB free; the scratch file system needs about "
-                                 f"{MIN_FREE_GIB} GiB (or run with --scratch-fs host)")
+                                 f"{MIN_FREE_GIB} GiB")
         if not self.image.exists():
             _run(["truncate", "-s", IMAGE_SIZE, str(self.image)])
             # inode tables and journal zeroed now, not by ext4lazyinit in the background of the rounds
