@@ -224,6 +224,11 @@ class _State:
     base_desc: str = ""
 
 
+_COPY_FROM_KEY = "xattrs"
+"""In every COPY --from key since COPY --from keeps the source's xattrs (file capabilities):
+layers cached before then, without them, are not reused."""
+
+
 def _entries_digest(entries: list[Entry], clamp: int | None) -> str:
     """A digest of every entry's metadata as the layer writer writes it (not the file
     contents): path, type, mode, owner, mtime (clamped), size, link target, device numbers,
@@ -1079,7 +1084,8 @@ class _Builder:
             idx = dockerfile.resolve_stage(ref, stage.index, line=ins.line)
             if idx is not None:
                 src_layers = states[idx].layers
-                input_digest = _h("stage", (chain_id([x.diff_id for x in src_layers]) or Digest.of(b"")).hex)
+                input_digest = _h("stage", (chain_id([x.diff_id for x in src_layers]) or Digest.of(b"")).hex,
+                                  _COPY_FROM_KEY)
             else:
                 try:
                     img = self.resolver.resolve(ref, self.platform)
@@ -1087,7 +1093,7 @@ class _Builder:
                     raise DockerfileError(f"COPY --from={ref}: {e.message}", file=self.file, line=ins.line,
                                           text=ins.original.splitlines()[0], hint=e.hint) from None
                 src_layers = [LayerRef(d, i) for d, i in zip(img.manifest.layers, img.config.diff_ids)]
-                input_digest = _h("image", str(img.descriptor.digest))
+                input_digest = _h("image", str(img.descriptor.digest), _COPY_FROM_KEY)
             keep_owner = True
             matched_paths: list[str] = []
         else:

@@ -29,7 +29,7 @@ from typing import BinaryIO, Callable, Iterable, Protocol
 
 from pybuild.errors import BuildError, UserError
 from pybuild.paths import TooManyLinks, resolve_in_root
-from pybuild.store.layers import Entry, order_hardlinks
+from pybuild.store.layers import Entry, _xattrs_of, order_hardlinks
 from pybuild.store.snapshots import StackView, is_whiteout
 
 __all__ = ["SourceFS", "SrcStat", "ImageFS", "CopyItem", "plan_sources", "LayerPlan", "materialize",
@@ -51,6 +51,7 @@ class SrcStat:
     linkname: str = ""
     rdev: int = 0
     inode: tuple[int, int] | None = None
+    xattrs: tuple[tuple[str, bytes], ...] = ()  # (name, value), sorted; an image source's only
 
 
 class SourceFS(Protocol):
@@ -91,7 +92,11 @@ class ImageFS:
         st = os.lstat(hp)
         if is_whiteout(st):
             return None
-        return stat_to_src(st, os.readlink(hp) if stat.S_ISLNK(st.st_mode) else "")
+        src = stat_to_src(st, os.readlink(hp) if stat.S_ISLNK(st.st_mode) else "")
+        # the xattrs the snapshot holds (file capabilities among them), the same rule as a RUN's
+        # diff (overlay's own left out); a layer's xattr a rootless extraction could not set is lost
+        xattrs = _xattrs_of(str(hp))
+        return replace(src, xattrs=tuple(sorted(xattrs.items()))) if xattrs else src
 
     def resolve(self, path: str) -> str:
         return self.view.resolve("/" + path).lstrip("/")
@@ -209,7 +214,7 @@ def _place_one(items: list[CopyItem], fs: SourceFS, pat: str, path: str, dest_ab
         return
     if st.kind == "dir":
         # The destination directory itself is made even when the source is empty.
-        items.append(CopyItem(dest_abs, replace(st, mode=0o755, uid=0, gid=0), fs, real, dest_root=True))
+        items.append(CopyItem(dest_abs, replace(st, mode=0o755, uid=0, gid=0, xattrs=()), fs, real, dest_root=True))
         _walk_into(items, fs, real, dest_abs, exclude)
     else:
         target = _clean(posixpath.join(dest_abs, posixpath.basename(path))) if dest_dirish else dest_abs
@@ -329,6 +334,7 @@ class _Node:
     opener: Callable[[], BinaryIO] | None = None
     merges: bool = True  # a dir: the lower layers' dir at this path shows through
     digest: str | None = None  # a file: sha256 hex of its content, when the source knows it
+    xattrs: tuple[tuple[str, bytes], ...] = ()
 
 
 def _known_digest(it: CopyItem) -> str | None:
@@ -477,12 +483,13 @@ class LayerPlan:
         if st.kind == "dir":
             if existing is not None:
                 existing.mode, existing.uid, existing.gid, existing.mtime = mode, uid, gid, mtime
+                existing.xattrs = st.xattrs
                 return
             low = self._lower(key.split("/"))
             merges = low is not None and stat.S_ISDIR(low[1].st_mode)
             if low is not None and not merges:
                 self._changed_shape()
-            self.nodes[key] = _Node("dir", mode, uid, gid, mtime, merges=merges)
+            self.nodes[key] = _Node("dir", mode, uid, gid, mtime, merges=merges, xattrs=st.xattrs)
             return
         if self._lower(key.split("/")) is not None:
             self._changed_shape()  # a lower entry (a directory, a symlink) is hidden from now on
@@ -495,17 +502,17 @@ class LayerPlan:
                 return
             self.nodes[key] = _Node("file", mode, uid, gid, mtime,
                                     size=len(it.data) if it.data is not None else st.size, opener=_opener(it),
-                                    digest=_known_digest(it))
+                                    digest=_known_digest(it), xattrs=st.xattrs)
             if link_key is not None and it.data is None:
                 self._links[link_key] = key
         elif st.kind == "symlink":
-            self.nodes[key] = _Node("symlink", 0o777, uid, gid, mtime, linkname=st.linkname)
+            self.nodes[key] = _Node("symlink", 0o777, uid, gid, mtime, linkname=st.linkname, xattrs=st.xattrs)
             self._changed_shape()
         elif st.kind in ("char", "block"):
             if not self.skip_devices:
-                self.nodes[key] = _Node(st.kind, mode, uid, gid, mtime, rdev=st.rdev)
+                self.nodes[key] = _Node(st.kind, mode, uid, gid, mtime, rdev=st.rdev, xattrs=st.xattrs)
         elif st.kind == "fifo":
-            self.nodes[key] = _Node("fifo", mode, uid, gid, mtime)
+            self.nodes[key] = _Node("fifo", mode, uid, gid, mtime, xattrs=st.xattrs)
 
     # -- the result -------------------------------------------------------------------------------
     def entries(self) -> list[Entry]:
@@ -519,12 +526,12 @@ class LayerPlan:
                     out.append(Entry(key, "hardlink", target.mode, target.uid, target.gid, target.mtime,
                                      linkname=n.linkname))
                     continue
-                n = _Node("file", n.mode, n.uid, n.gid, n.mtime, size=n.size, opener=n.opener)
+                n = _Node("file", n.mode, n.uid, n.gid, n.mtime, size=n.size, opener=n.opener, xattrs=n.xattrs)
             out.append(Entry(key, n.kind, n.mode, n.uid, n.gid, n.mtime,  # type: ignore[arg-type]
                              size=n.size if n.kind == "file" else 0, linkname=n.linkname,
                              devmajor=os.major(n.rdev) if n.rdev else 0, devminor=os.minor(n.rdev) if n.rdev else 0,
                              open=n.opener if n.kind == "file" else None,
-                             digest=n.digest if n.kind == "file" else None))
+                             digest=n.digest if n.kind == "file" else None, xattrs=dict(n.xattrs)))
         out.sort(key=lambda e: tuple(e.path.split("/")))
         return order_hardlinks(out)
 
@@ -544,6 +551,7 @@ def _write_file_entry(root: Path, e: Entry) -> None:
                 left -= len(chunk)
         os.fchown(fd, e.uid, e.gid)
         os.fchmod(fd, e.mode)
+        _set_xattrs(fd, e)  # after the chown, which clears security.capability
         os.utime(fd, (e.mtime, e.mtime))
     finally:
         os.close(fd)
@@ -597,10 +605,25 @@ def materialize(entries: Iterable[Entry], root: Path, clamp_mtime: int | None = 
     return n
 
 
+def _set_xattrs(target: "int | Path", e: Entry) -> None:
+    """Set ``e``'s xattrs on ``target`` (a descriptor or a path, not followed), as extracting its
+    layer does: one the process may not set (security.* without privilege) is left out."""
+    for k, v in e.xattrs.items():
+        try:
+            if isinstance(target, int):
+                os.setxattr(target, k, v)
+            else:
+                os.setxattr(target, k, v, follow_symlinks=False)
+        except OSError:
+            pass
+
+
 def _set_meta(target: Path, e: Entry) -> None:
     os.lchown(target, e.uid, e.gid)
     if e.type != "symlink":
         os.chmod(target, e.mode)
+    if e.xattrs:
+        _set_xattrs(target, e)  # after the chown, which clears security.capability
     try:
         os.utime(target, (e.mtime, e.mtime), follow_symlinks=False)
     except OSError:

@@ -449,3 +449,54 @@ def test_copy_plan_remakes_a_parent_a_later_item_replaced_with_a_file() -> None:
     assert kinds == {"a": "dir", "a/b": "dir", "a/b/f2": "file"}
     plan.add([f("/a/b/f3", b"4")])                       # a made parent stays made
     assert {e.path for e in plan.entries()} == {"a", "a/b", "a/b/f2", "a/b/f3"}
+
+
+def _layer_members(store: Store, ref: str) -> dict[str, tarfile.TarInfo]:
+    img = store.load(store.resolve(ref)[1])
+    out: dict[str, tarfile.TarInfo] = {}
+    for layer in img.manifest.layers:
+        with tarfile.open(fileobj=io.BytesIO(store.content.read_blob(layer.digest))) as tf:
+            out.update({m.name: m for m in tf.getmembers()})
+    return out
+
+
+def test_copy_from_keeps_the_sources_xattrs(pb_busybox: PB, tmp_path: Path) -> None:
+    """COPY --from keeps a file's and a directory's xattrs, file capabilities included (as
+    BuildKit and buildah do), in the layer and in the snapshot a later RUN reads; the
+    destination directory a directory source makes gets none."""
+    cap = bytes([1, 0, 0, 2, 0, 0x20]) + bytes(14)  # cap_net_bind_service, effective
+    src = tmp_path / "x.tar"
+    with tarfile.open(src, "w", format=tarfile.PAX_FORMAT) as t:
+        d = tarfile.TarInfo("d")
+        d.type, d.mode = tarfile.DIRTYPE, 0o755
+        d.pax_headers = {"SCHILY.xattr.user.dir": "D"}
+        t.addfile(d)
+        sub = tarfile.TarInfo("d/sub")
+        sub.type, sub.mode = tarfile.DIRTYPE, 0o700
+        sub.pax_headers = {"SCHILY.xattr.user.sub": "S"}
+        t.addfile(sub)
+        f = tarfile.TarInfo("d/bin")
+        f.size, f.mode = 3, 0o755
+        f.pax_headers = {"SCHILY.xattr.user.test": "v1",
+                         "SCHILY.xattr.security.capability": cap.decode("latin-1")}
+        t.addfile(f, io.BytesIO(b"abc"))
+    pb_busybox.run("import", str(src), "xat:latest")
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text("FROM xat:latest AS s\n"
+                                    "FROM busybox:latest\n"
+                                    "COPY --from=s /d/bin /one\n"
+                                    "COPY --from=s /d /two/\n"
+                                    "RUN cat /one /two/bin\n")
+    pb_busybox.run("build", "-t", "out", str(ctx))
+    store = Store(pb_busybox.root)
+    members = _layer_members(store, "out")
+    want = {"SCHILY.xattr.user.test": "v1", "SCHILY.xattr.security.capability": cap.decode("latin-1")}
+    assert members["one"].pax_headers == want
+    assert members["two/bin"].pax_headers == want
+    assert members["two/sub"].pax_headers == {"SCHILY.xattr.user.sub": "S"}
+    assert "SCHILY.xattr.user.dir" not in members["two"].pax_headers  # made, not copied
+    snap = [p for p in Path(pb_busybox.root, "snapshots").rglob("one") if p.is_file()]
+    assert snap, "no snapshot of the COPY layer"
+    assert os.getxattr(snap[0], "user.test", follow_symlinks=False) == b"v1"
+    assert os.getxattr(snap[0], "security.capability", follow_symlinks=False) == cap
