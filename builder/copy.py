@@ -29,7 +29,7 @@ from typing import BinaryIO, Callable, Iterable, Protocol
 
 from pybuild.errors import BuildError, UserError
 from pybuild.paths import TooManyLinks, resolve_in_root
-from pybuild.store.layers import Entry, _xattrs_of, order_hardlinks
+from pybuild.store.layers import Entry, order_hardlinks, set_xattrs, xattrs_of
 from pybuild.store.snapshots import StackView, is_whiteout
 
 __all__ = ["SourceFS", "SrcStat", "ImageFS", "CopyItem", "plan_sources", "LayerPlan", "materialize",
@@ -95,7 +95,7 @@ class ImageFS:
         src = stat_to_src(st, os.readlink(hp) if stat.S_ISLNK(st.st_mode) else "")
         # the xattrs the snapshot holds (file capabilities among them), the same rule as a RUN's
         # diff (overlay's own left out); a layer's xattr a rootless extraction could not set is lost
-        xattrs = _xattrs_of(str(hp))
+        xattrs = xattrs_of(str(hp))
         return replace(src, xattrs=tuple(sorted(xattrs.items()))) if xattrs else src
 
     def resolve(self, path: str) -> str:
@@ -551,7 +551,7 @@ def _write_file_entry(root: Path, e: Entry) -> None:
                 left -= len(chunk)
         os.fchown(fd, e.uid, e.gid)
         os.fchmod(fd, e.mode)
-        _set_xattrs(fd, e)  # after the chown, which clears security.capability
+        set_xattrs(fd, e.xattrs)  # after the chown, which clears security.capability
         os.utime(fd, (e.mtime, e.mtime))
     finally:
         os.close(fd)
@@ -605,25 +605,11 @@ def materialize(entries: Iterable[Entry], root: Path, clamp_mtime: int | None = 
     return n
 
 
-def _set_xattrs(target: "int | Path", e: Entry) -> None:
-    """Set ``e``'s xattrs on ``target`` (a descriptor or a path, not followed), as extracting its
-    layer does: one the process may not set (security.* without privilege) is left out."""
-    for k, v in e.xattrs.items():
-        try:
-            if isinstance(target, int):
-                os.setxattr(target, k, v)
-            else:
-                os.setxattr(target, k, v, follow_symlinks=False)
-        except OSError:
-            pass
-
-
 def _set_meta(target: Path, e: Entry) -> None:
     os.lchown(target, e.uid, e.gid)
     if e.type != "symlink":
         os.chmod(target, e.mode)
-    if e.xattrs:
-        _set_xattrs(target, e)  # after the chown, which clears security.capability
+    set_xattrs(target, e.xattrs)  # after the chown, which clears security.capability
     try:
         os.utime(target, (e.mtime, e.mtime), follow_symlinks=False)
     except OSError:

@@ -21,18 +21,14 @@ import shutil
 import stat
 from pathlib import Path
 
-from pybuild.store.layers import _opaque_xattr, _xattrs_of as _xattrs
+from pybuild.store.layers import _opaque_xattr, set_xattrs, xattrs_of
 from pybuild.store.snapshots import StackView
 
 __all__ = ["materialize", "diff_into_upper", "overlay_available"]
 
 def _copy_meta(src: str, dst: str, st: os.stat_result) -> None:
     os.lchown(dst, st.st_uid, st.st_gid)
-    for k, v in _xattrs(src).items():
-        try:
-            os.setxattr(dst, k, v, follow_symlinks=False)
-        except OSError:
-            pass
+    set_xattrs(dst, xattrs_of(src))
     if not stat.S_ISLNK(st.st_mode):
         os.chmod(dst, stat.S_IMODE(st.st_mode))
     os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
@@ -116,7 +112,7 @@ def _same(a: os.stat_result, b: os.stat_result, pa: str, pb: str) -> bool:
         return False  # overlayfs copies up a directory whose entries changed, even if back as before
     if (stat.S_ISCHR(a.st_mode) or stat.S_ISBLK(a.st_mode)) and a.st_rdev != b.st_rdev:
         return False
-    return _xattrs(pa) == _xattrs(pb)
+    return xattrs_of(pa) == xattrs_of(pb)
 
 
 def diff_into_upper(lower_dirs: list[Path], copy: Path, inodes: dict[str, tuple[int, int]], upper: Path) -> None:

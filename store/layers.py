@@ -38,6 +38,7 @@ __all__ = [
     "Entry", "WHITEOUT_PREFIX", "OPAQUE_WHITEOUT", "entries_from_dir", "entries_from_tar", "entries_from_upper",
     "write_tar", "LayerResult", "write_layer", "open_decompressed", "extract_layer",
     "secure_join", "normalize_name", "ExtractStats", "extract_verified", "order_hardlinks",
+    "xattrs_of", "set_xattrs",
 ]
 
 WHITEOUT_PREFIX = ".wh."
@@ -121,7 +122,9 @@ def order_hardlinks(entries: list[Entry]) -> list[Entry]:
     return sorted(by_path.values(), key=lambda e: _sort_key(e.path))
 
 
-def _xattrs_of(path: str) -> dict[str, bytes]:
+def xattrs_of(path: str) -> dict[str, bytes]:
+    """The extended attributes of ``path`` itself (not followed), overlayfs' own left out;
+    empty when the file system has none or they cannot be read."""
     try:
         names = os.listxattr(path, follow_symlinks=False)
     except OSError:
@@ -169,7 +172,7 @@ def _entry_from_stat(full: str, rel: str, st: os.stat_result,
                      seen_inodes: dict[tuple[int, int], str]) -> Entry:
     mode = stat.S_IMODE(st.st_mode)
     common = dict(path=rel, mode=mode, uid=st.st_uid, gid=st.st_gid, mtime=int(st.st_mtime),
-                  xattrs=_xattrs_of(full))
+                  xattrs=xattrs_of(full))
     fmt = stat.S_IFMT(st.st_mode)
     if fmt == stat.S_IFDIR:
         return Entry(type="dir", **common)  # type: ignore[arg-type]
@@ -803,6 +806,20 @@ def _extract_member(tf: tarfile.TarFile, m: tarfile.TarInfo, root: Path, mode: s
     _apply_metadata(target, m, typ, same_owner, dir_times)
 
 
+def set_xattrs(target: "str | Path | int", xattrs: Mapping[str, bytes]) -> None:
+    """Set ``xattrs`` on ``target`` (a path, not followed, or a descriptor). One the process may
+    not set (security.* without privilege, a file system without xattrs) is left out, as when a
+    layer is extracted. Call it after any chown: a chown clears security.capability."""
+    for k, v in xattrs.items():
+        try:
+            if isinstance(target, int):
+                os.setxattr(target, k, v)
+            else:
+                os.setxattr(target, k, v, follow_symlinks=False)
+        except OSError:
+            pass
+
+
 def _apply_metadata(target: Path, m: tarfile.TarInfo, typ: str, same_owner: bool,
                     dir_times: list[tuple[Path, int]]) -> None:
     if same_owner:
@@ -810,11 +827,7 @@ def _apply_metadata(target: Path, m: tarfile.TarInfo, typ: str, same_owner: bool
             os.chown(target, m.uid, m.gid, follow_symlinks=False)
         except OSError:
             pass
-    for k, v in _member_xattrs(m).items():
-        try:
-            os.setxattr(target, k, v, follow_symlinks=False)
-        except OSError:
-            pass  # e.g. security.* without privilege, or a file system without xattrs
+    set_xattrs(target, _member_xattrs(m))
     if typ != "symlink":
         os.chmod(target, m.mode & 0o7777)
     if not math.isfinite(m.mtime):
