@@ -684,30 +684,26 @@ class StatCache:
                                if isinstance(r[6], str) and match(r[6])}
             self._preload_prefix = os.fsdecode(lo)
 
-    def lookup(self, path: str, dev: int, ino: int, size: int, mtime_ns: int, ctime_ns: int) -> str | None:
-        """:meth:`get` of ``StatKey(path, dev, ino, size, mtime_ns, ctime_ns)``, without making
-        the key when the path is in the preloaded rows (the common case: once per context file)."""
-        with self._lock:
-            if self._preloaded is not None and path not in self._pending \
-                    and path.startswith(self._preload_prefix):
-                hit = self._preloaded.get(path)
-                if hit is None or hit[0] != (_i64(dev), _i64(ino), size, mtime_ns, ctime_ns):
-                    return None
-                return hit[1]
-        return self.get(StatKey(path, dev, ino, size, mtime_ns, ctime_ns))
-
     def get(self, key: StatKey) -> str | None:
-        """The digest stored for exactly this ``key``, else None.
+        """The digest stored for exactly this ``key``, else None (see :meth:`lookup`)."""
+        return self.lookup(key.path, key.dev, key.ino, key.size, key.mtime_ns, key.ctime_ns)
+
+    def lookup(self, path: str, dev: int, ino: int, size: int, mtime_ns: int, ctime_ns: int) -> str | None:
+        """The digest stored for exactly ``StatKey(path, dev, ino, size, mtime_ns, ctime_ns)``,
+        else None; taking the fields, so that the once-per-context-file lookup in the preloaded
+        rows makes no key object.
 
         Raises StoreError when the database is unreadable (not when it is merely busy: then None).
         """
         with self._lock:
-            pending = self._pending.get(key.path)
+            pending = self._pending.get(path)
             if pending is not None:
-                return pending[1] if pending[0] == key else None
-            if self._preloaded is not None and key.path.startswith(self._preload_prefix):
-                hit = self._preloaded.get(key.path)
-                if hit is None or hit[0] != (_i64(key.dev), _i64(key.ino), key.size, key.mtime_ns, key.ctime_ns):
+                k = pending[0]
+                same = (k.dev, k.ino, k.size, k.mtime_ns, k.ctime_ns) == (dev, ino, size, mtime_ns, ctime_ns)
+                return pending[1] if same else None
+            if self._preloaded is not None and path.startswith(self._preload_prefix):
+                hit = self._preloaded.get(path)
+                if hit is None or hit[0] != (_i64(dev), _i64(ino), size, mtime_ns, ctime_ns):
                     return None
                 return hit[1]
             conn = self._connect()
@@ -715,8 +711,7 @@ class StatCache:
                 row = conn.execute(
                     "SELECT digest FROM statcache WHERE path=? AND dev=? AND ino=? AND size=?"
                     " AND mtime_ns=? AND ctime_ns=?",
-                    (os.fsencode(key.path), _i64(key.dev), _i64(key.ino), key.size,
-                     key.mtime_ns, key.ctime_ns)).fetchone()
+                    (os.fsencode(path), _i64(dev), _i64(ino), size, mtime_ns, ctime_ns)).fetchone()
             except sqlite3.OperationalError as e:
                 if _is_busy(e):
                     return None
@@ -1732,7 +1727,7 @@ class BuildContext:
             return done
         h = hashlib.sha256(_TREE_DIGEST_HEADER)
         q, update = _json_string, h.update
-        listing: list[tuple[str, str, str, int, int, str]] | None = [] if key not in self._tree_lists else None
+        listing: list[tuple[str, str, str, int, int, str]] | None = []  # kept unless over the cap
         for entry in self._tree_entries(key):
             path, kind, mode, uid, gid, payload = entry
             # the line is json.dumps(list(fields), ensure_ascii=True, separators=(",", ":"))
