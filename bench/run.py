@@ -46,7 +46,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO / "testdata"))
 from distribution_registry import DistributionRegistry, RegistryDidNotStart  # noqa: E402
-from scratchfs import LoopExt4, ScratchFsError, is_mountpoint  # noqa: E402
+from scratchfs import LoopExt4, ScratchFsError, is_mountpoint, mounts_at_or_below  # noqa: E402
 ALL_WORKLOADS = ["app", "smallfiles", "multistage", "deep", "text"]
 PHASES = ["cold", "noop", "onefile", "push", "pull"]
 # ratio pybuild/buildah each phase must stay at or under (issue 6); deep cold has its own
@@ -75,14 +75,7 @@ def find_workloads_py(arg: str | None) -> Path:
 
 def unmount_below(path: Path) -> None:
     """Lazily unmount everything mounted at or below ``path`` (buildah's overlay), deepest first."""
-    p = str(path.resolve())
-    mounts = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            mp = line.split()[4].encode().decode("unicode_escape")
-            if mp == p or mp.startswith(p + "/"):
-                mounts.append(mp)
-    for mp in sorted(mounts, key=len, reverse=True):
+    for mp in mounts_at_or_below(path):
         subprocess.run(["umount", "-l", mp], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 

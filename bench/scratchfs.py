@@ -36,8 +36,20 @@ def _run(argv: list[str]) -> str:
     return p.stdout.strip()
 
 
+def mounts_at_or_below(path: Path) -> list[str]:
+    """The mount points at ``path`` or below it (from /proc/self/mountinfo), deepest first."""
+    p = str(path.resolve())
+    mounts = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            mp = line.split()[4].encode().decode("unicode_escape")
+            if mp == p or mp.startswith(p + "/"):
+                mounts.append(mp)
+    return sorted(mounts, key=len, reverse=True)
+
+
 def is_mountpoint(path: Path) -> bool:
-    return subprocess.run(["mountpoint", "-q", str(path)], check=False).returncode == 0
+    return str(path.resolve()) in mounts_at_or_below(path)
 
 
 class LoopExt4:
